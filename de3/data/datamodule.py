@@ -1,0 +1,121 @@
+"""One LightningDataModule for every task: tokenized examples in dynamically padded batches."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from de3.data.sources import Example, load_split
+from de3.data.tasks import TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+def seeded_subset(examples: Sequence[Example], limit: int | None, seed: int) -> list[Example]:
+    """At most `limit` examples, drawn without replacement by `seed`, in their original order."""
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
+    return [examples[i] for i in keep]
+
+
+class TextTaskDataModule(L.LightningDataModule):
+    """Serves a task's train split, its labelled eval splits (a list of loaders, in
+    `task.eval_splits` order) and its unlabelled test splits (for prediction).
+
+    Batches hold `input_ids`, `attention_mask` (and `token_type_ids` where the tokenizer
+    makes them), padded to the longest sequence in the batch, plus `labels` when labelled.
+    """
+
+    def __init__(
+        self,
+        task: TaskSpec,
+        tokenizer: PreTrainedTokenizerBase,
+        data_dir: str | Path | None = None,
+        source: str = "auto",
+        max_seq_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        train_limit: int | None = None,
+        eval_limit: int | None = None,
+        num_workers: int = 0,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        self.task = task
+        self.tokenizer = tokenizer
+        self.data_dir = data_dir
+        self.source = source
+        self.max_seq_length = max_seq_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.train_limit = train_limit
+        self.eval_limit = eval_limit
+        self.num_workers = num_workers
+        self.seed = seed
+        self.collate = DataCollatorWithPadding(tokenizer)
+        self.datasets: dict[str, list[dict[str, Any]]] = {}
+
+    def encode(self, examples: Sequence[Example]) -> list[dict[str, Any]]:
+        """Tokenize examples (truncated to `max_seq_length`) into per-example feature dicts."""
+        columns = list(zip(*(e.texts for e in examples)))
+        encoded = self.tokenizer(
+            *(list(c) for c in columns), truncation=True, max_length=self.max_seq_length
+        )
+        features = [{key: encoded[key][i] for key in encoded} for i in range(len(examples))]
+        truncated = sum(len(f["input_ids"]) >= self.max_seq_length for f in features)
+        if truncated:
+            log.info("%d of %d examples reach max_seq_length=%d (longer ones were truncated)",
+                     truncated, len(examples), self.max_seq_length)
+        for feature, example in zip(features, examples):
+            if example.label is not None:
+                feature["labels"] = example.label
+        return features
+
+    def _load(self, split: str, limit: int | None) -> None:
+        if split not in self.datasets:
+            examples = load_split(self.task, split, self.data_dir, self.source)
+            self.datasets[split] = self.encode(seeded_subset(examples, limit, self.seed))
+            log.info("%s/%s: %d examples", self.task.name, split, len(self.datasets[split]))
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None):
+            self._load("train", self.train_limit)
+        if stage in ("fit", "validate", "test", None):
+            for split in self.task.eval_splits:
+                self._load(split, self.eval_limit)
+        if stage == "predict":
+            for split in self.task.test_splits:
+                self._load(split, self.eval_limit)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(split, shuffle=False) for split in self.task.eval_splits]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return [self._loader(split, shuffle=False) for split in self.task.test_splits]

@@ -1,0 +1,100 @@
+"""Loading one split of a task as examples, from local files or from the Hugging Face hub."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from de3.data.files import read_rows
+from de3.data.tasks import TaskSpec
+from de3.errors import De3Error
+
+SOURCES = ("auto", "local", "hub")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One input: its text field(s), its target (None when the split is unlabelled), its origin."""
+
+    texts: tuple[str, ...]
+    label: int | float | None
+    where: str
+
+
+def local_path(task: TaskSpec, split: str, data_dir: str | Path | None) -> Path:
+    """The file that holds `split` of `task` (relative layout paths hang off `data_dir`)."""
+    path = Path(task.local.files[split]).expanduser()
+    if not path.is_absolute() and data_dir is not None:
+        path = Path(data_dir).expanduser() / path
+    return path
+
+
+def _from_rows(task: TaskSpec, split: str, path: Path) -> list[Example]:
+    layout = task.local
+    rows = read_rows(path, layout.headerless.get(split))
+    if not rows:
+        return []
+    columns = set(rows[0][1])
+    missing = [c for c in layout.text_columns if c not in columns]
+    if missing:
+        raise De3Error(f"{path}: missing text column(s) {missing}; columns are {sorted(columns)}")
+    labelled = layout.label_column is not None and layout.label_column in columns
+    if not labelled and split not in task.test_splits:
+        raise De3Error(f"{path}: missing label column {layout.label_column!r}; columns are {sorted(columns)}")
+    examples = []
+    for line, row in rows:
+        where = f"{path}:{line}"
+        label = task.encode_label(row[layout.label_column], where) if labelled else None
+        examples.append(Example(tuple(str(row[c]) for c in layout.text_columns), label, where))
+    return examples
+
+
+def _from_hub(task: TaskSpec, split: str) -> list[Example]:
+    import datasets  # slow to import; only the hub path needs it
+
+    hub = task.hub
+    try:
+        rows = datasets.load_dataset(hub.path, hub.name, split=split)
+    except Exception as err:  # the hub raises many types (connection, missing repo, ...)
+        raise De3Error(f"could not load {hub.path}/{hub.name} split {split!r} from the Hugging Face hub: {err}") from None
+    examples = []
+    for index, row in enumerate(rows):
+        where = f"{hub.path}/{hub.name}[{split}][{index}]"
+        raw_label = row.get(hub.label_column)
+        unlabelled = raw_label is None or raw_label == -1  # the hub marks hidden test labels -1
+        label = None if unlabelled else task.encode_label(raw_label, where)
+        examples.append(Example(tuple(str(row[c]) for c in hub.text_columns), label, where))
+    return examples
+
+
+def load_split(task: TaskSpec, split: str, data_dir: str | Path | None, source: str = "auto") -> list[Example]:
+    """Every example of one split.
+
+    `source="local"` reads the task's files under `data_dir`; `"hub"` loads the task's hub
+    dataset; `"auto"` reads local files when present and falls back to the hub otherwise.
+    The error when neither works names the file it looked for and what the hub said.
+    """
+    if source not in SOURCES:
+        raise De3Error(f"data.source must be one of {list(SOURCES)}, got {source!r}")
+    if split not in task.local.files:
+        raise De3Error(f"task {task.name!r} has no split {split!r}; it has {sorted(task.local.files)}")
+    path = local_path(task, split, data_dir)
+    if source == "local" or (source == "auto" and path.is_file()):
+        if not path.is_file():
+            raise De3Error(f"task {task.name!r}, split {split!r}: file not found: {path} (set data.data_dir)")
+        examples = _from_rows(task, split, path)
+    elif task.hub is None:
+        raise De3Error(f"task {task.name!r}, split {split!r}: file not found: {path}")
+    else:
+        try:
+            examples = _from_hub(task, split)
+        except De3Error as err:
+            if source == "hub":
+                raise
+            raise De3Error(
+                f"task {task.name!r}, split {split!r}: no local file at {path} "
+                f"(set data.data_dir or DE3_GLUE_DIR), and {err}"
+            ) from None
+    if not examples:
+        raise De3Error(f"task {task.name!r}, split {split!r} is empty ({path})")
+    return examples

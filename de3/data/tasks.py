@@ -1,0 +1,206 @@
+"""The task registry: the only code that knows GLUE (files, columns, labels, metrics, splits).
+
+A task is a `TaskSpec`. The nine GLUE tasks are built in; `task_from_config` turns a `task`
+config node into a spec, either by GLUE name or from the fields of a custom dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from de3.errors import De3Error
+
+METRIC_NAMES = ("accuracy", "f1", "mcc", "pearson", "spearman")
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """Where a task's splits live as files and which columns hold the text and the label.
+
+    `files` maps a split name to a path (relative to the data directory for GLUE, absolute or
+    relative to the working directory for custom data). `headerless` names the columns of the
+    splits whose files have no header row (GLUE's CoLA train/dev).
+    """
+
+    files: Mapping[str, str]
+    text_columns: tuple[str, ...]
+    label_column: str | None
+    headerless: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """The same task on the Hugging Face hub (`datasets.load_dataset(path, name)`)."""
+
+    path: str
+    name: str
+    text_columns: tuple[str, ...]
+    label_column: str = "label"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything the data, model and metrics need to know about one task.
+
+    `label_names` is None for regression (one output, MSE). `metrics[0]` is the task's main
+    score, used for model selection. `eval_splits` are the labelled splits scored during
+    validation; `test_splits` are served unlabelled for prediction.
+    """
+
+    name: str
+    label_names: tuple[str, ...] | None
+    metrics: tuple[str, ...]
+    local: TableLayout
+    eval_splits: tuple[str, ...] = ("validation",)
+    test_splits: tuple[str, ...] = ("test",)
+    hub: HubSource | None = None
+
+    @property
+    def is_regression(self) -> bool:
+        return self.label_names is None
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.label_names is None else len(self.label_names)
+
+    @property
+    def main_metric(self) -> str:
+        return self.metrics[0]
+
+    def encode_label(self, value: Any, where: str) -> int | float:
+        """Map a raw label (a name, an index, or a number for regression) to the model's target.
+
+        `where` names the row ("file:line") for the error message.
+        """
+        if self.label_names is None:
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise De3Error(
+                    f"{where}: label {value!r} is not a number (task {self.name!r} is regression)"
+                ) from None
+        text = str(value).strip()
+        if text in self.label_names:
+            return self.label_names.index(text)
+        if text.lstrip("-").isdigit() and 0 <= int(text) < len(self.label_names):
+            return int(text)
+        raise De3Error(
+            f"{where}: label {value!r} is outside the label set of task {self.name!r}: "
+            f"{list(self.label_names)} (or their indices 0..{len(self.label_names) - 1})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The facts a checkpoint keeps to recognise its task later."""
+        return {
+            "name": self.name,
+            "label_names": None if self.label_names is None else list(self.label_names),
+            "metrics": list(self.metrics),
+        }
+
+
+def _glue(
+    name: str,
+    folder: str,
+    text_columns: tuple[str, ...],
+    hub_text_columns: tuple[str, ...],
+    label_column: str | None,
+    label_names: tuple[str, ...] | None,
+    metrics: tuple[str, ...],
+    eval_splits: tuple[str, ...] = ("validation",),
+    test_splits: tuple[str, ...] = ("test",),
+    headerless: Mapping[str, tuple[str, ...]] | None = None,
+) -> TaskSpec:
+    def file_of(split: str) -> str:
+        return f"{folder}/{split.replace('validation', 'dev')}.tsv"
+
+    splits = ("train", *eval_splits, *test_splits)
+    return TaskSpec(
+        name=name,
+        label_names=label_names,
+        metrics=metrics,
+        eval_splits=eval_splits,
+        test_splits=test_splits,
+        local=TableLayout(
+            files={split: file_of(split) for split in splits},
+            text_columns=text_columns,
+            label_column=label_column,
+            headerless=headerless or {},
+        ),
+        hub=HubSource("nyu-mll/glue", name, hub_text_columns),
+    )
+
+
+_COLA_COLUMNS = ("source", "label", "original_label", "sentence")
+_PAIR = ("sentence1", "sentence2")
+
+# Label names follow `nyu-mll/glue` so that ids agree between the TSV files and the hub.
+GLUE_TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        _glue("cola", "CoLA", ("sentence",), ("sentence",), "label",
+              ("unacceptable", "acceptable"), ("mcc",),
+              headerless={"train": _COLA_COLUMNS, "validation": _COLA_COLUMNS}),
+        _glue("sst2", "SST-2", ("sentence",), ("sentence",), "label",
+              ("negative", "positive"), ("accuracy",)),
+        _glue("mrpc", "MRPC", ("#1 String", "#2 String"), _PAIR, "Quality",
+              ("not_equivalent", "equivalent"), ("f1", "accuracy")),
+        _glue("stsb", "STS-B", _PAIR, _PAIR, "score", None, ("spearman", "pearson")),
+        _glue("qqp", "QQP", ("question1", "question2"), ("question1", "question2"),
+              "is_duplicate", ("not_duplicate", "duplicate"), ("f1", "accuracy")),
+        _glue("mnli", "MNLI", _PAIR, ("premise", "hypothesis"), "gold_label",
+              ("entailment", "neutral", "contradiction"), ("accuracy",),
+              eval_splits=("validation_matched", "validation_mismatched"),
+              test_splits=("test_matched", "test_mismatched")),
+        _glue("qnli", "QNLI", ("question", "sentence"), ("question", "sentence"), "label",
+              ("entailment", "not_entailment"), ("accuracy",)),
+        _glue("rte", "RTE", _PAIR, _PAIR, "label",
+              ("entailment", "not_entailment"), ("accuracy",)),
+        _glue("wnli", "WNLI", _PAIR, _PAIR, "label",
+              ("not_entailment", "entailment"), ("accuracy",)),
+    )
+}
+
+
+def _custom_task(cfg: Mapping[str, Any]) -> TaskSpec:
+    name = cfg.get("name", "custom")
+    files = dict(cfg.get("files") or {})
+    for required in ("train", "validation"):
+        if not files.get(required):
+            raise De3Error(f"task {name!r}: task.files.{required} is not set (a CSV/TSV/JSON(L) path)")
+    text_columns = tuple(cfg.get("text_columns") or ())
+    if not 1 <= len(text_columns) <= 2:
+        raise De3Error(f"task {name!r}: task.text_columns must name one or two columns, got {list(text_columns)}")
+    regression = bool(cfg.get("regression", False))
+    label_names = cfg.get("label_names")
+    if regression == (label_names is not None):
+        raise De3Error(f"task {name!r}: set either task.label_names (classification) or task.regression=true")
+    metrics = tuple(cfg.get("metrics") or (("spearman", "pearson") if regression else ("accuracy",)))
+    unknown = [m for m in metrics if m not in METRIC_NAMES]
+    if unknown:
+        raise De3Error(f"task {name!r}: unknown metric(s) {unknown}; choose from {list(METRIC_NAMES)}")
+    if not regression and len(label_names) < 2:
+        raise De3Error(f"task {name!r}: task.label_names needs at least two classes, got {list(label_names)}")
+    splits = [s for s in files if s != "train"]
+    return TaskSpec(
+        name=name,
+        label_names=None if regression else tuple(str(n) for n in label_names),
+        metrics=metrics,
+        eval_splits=tuple(s for s in splits if not s.startswith("test")),
+        test_splits=tuple(s for s in splits if s.startswith("test")),
+        local=TableLayout(files=files, text_columns=text_columns, label_column=cfg.get("label_column", "label")),
+    )
+
+
+def task_from_config(cfg: Mapping[str, Any]) -> TaskSpec:
+    """The `TaskSpec` a `task` config node names: a GLUE task, or a custom one if it lists files."""
+    if cfg.get("files") is not None:
+        return _custom_task(cfg)
+    name = cfg.get("name")
+    if name not in GLUE_TASKS:
+        raise De3Error(
+            f"unknown task {name!r}: GLUE tasks are {sorted(GLUE_TASKS)}; "
+            "for your own data use task=custom and set task.files"
+        )
+    return GLUE_TASKS[name]

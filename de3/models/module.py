@@ -1,0 +1,99 @@
+"""The LightningModule: multi-exit training, per-exit evaluation, optimizer and schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics import MetricCollection
+from transformers import get_linear_schedule_with_warmup
+
+from de3.data.tasks import task_from_config
+from de3.metrics import make_metric, predictions
+from de3.models.backbone import EncoderBackbone, load_encoder, load_tokenizer
+from de3.models.multi_exit import MultiExitModel
+
+
+class MultiExitModule(L.LightningModule):
+    """Trains every exit of a `MultiExitModel` with the configured loss and scores every exit
+    on every eval split with the task's metrics.
+
+    All arguments are plain config dicts, saved as hyperparameters, so that
+    `MultiExitModule.load_from_checkpoint(path)` rebuilds the same model (and tokenizer).
+    After each validation epoch, `eval_scores[split][metric]` holds one score per exit.
+    """
+
+    def __init__(
+        self,
+        task: Mapping[str, Any],
+        backbone: Mapping[str, Any],
+        loss: Mapping[str, Any],
+        exits: Mapping[str, Any],
+        optimizer: Mapping[str, Any],
+    ) -> None:
+        super().__init__()
+        # Plain containers, so checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters({
+            name: OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else dict(value)
+            for name, value in dict(task=task, backbone=backbone, loss=loss, exits=exits, optimizer=optimizer).items()
+        })
+        self.task = task_from_config(self.hparams.task)
+        self.tokenizer = load_tokenizer(**self.hparams.backbone)
+        encoder = load_encoder(**self.hparams.backbone, tokenizer=self.tokenizer)
+        self.model = MultiExitModel(EncoderBackbone(encoder), self.task.num_outputs, **self.hparams.exits)
+        self.loss_fn = instantiate(self.hparams.loss)
+        self.metrics = nn.ModuleList(
+            nn.ModuleList(
+                MetricCollection({name: make_metric(name, self.task.num_outputs) for name in self.task.metrics})
+                for _ in range(self.model.num_layers)
+            )
+            for _ in self.task.eval_splits
+        )
+        self.eval_scores: dict[str, dict[str, list[float]]] = {}
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Batch → logits of every exit, [L, B, C]."""
+        return self.model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")).logits
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        losses = self.loss_fn(self(batch), batch["labels"], self.task.is_regression)
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=len(batch["labels"]))
+        return losses["loss"]
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        predicted = predictions(self(batch), self.task.is_regression)  # [L, B]
+        for exit_metrics, exit_predictions in zip(self.metrics[dataloader_idx], predicted):
+            exit_metrics.update(exit_predictions, batch["labels"])
+
+    def on_validation_epoch_end(self) -> None:
+        self.eval_scores = {}
+        for split, split_metrics in zip(self.task.eval_splits, self.metrics):
+            per_exit = [exit_metrics.compute() for exit_metrics in split_metrics]
+            for exit_metrics in split_metrics:
+                exit_metrics.reset()
+            self.eval_scores[split] = {
+                name: [float(scores[name]) for scores in per_exit] for name in self.task.metrics
+            }
+            for name, values in self.eval_scores[split].items():
+                for layer, value in enumerate(values, start=1):
+                    self.log(f"{split}/{name}/exit{layer}", value)
+        # The final exit's main score on the first eval split selects checkpoints.
+        self.log("val_score", self.eval_scores[self.task.eval_splits[0]][self.task.main_metric][-1], prog_bar=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": self.hparams.optimizer["weight_decay"]},
+            {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.optimizer["lr"])
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        warmup_steps = int(self.hparams.optimizer["warmup_ratio"] * total_steps)
+        scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,38 @@
+"""Hydra entry point: `python run.py task=sst2 backbone=minilm` (see conf/ for every option)."""
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+import de3  # noqa: F401  (registers the config resolvers)
+from de3.errors import De3Error
+from de3.train import train
+
+log = logging.getLogger("de3")
+
+
+def _finish_wandb(failed: bool) -> None:
+    """Close the W&B run of this job, so the next job of a multirun starts a fresh one."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=1 if failed else 0)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    failed = True
+    try:
+        score = train(cfg)
+        failed = False
+        return score
+    except De3Error as err:
+        log.error("%s", err)
+        sys.exit(2)
+    finally:
+        _finish_wandb(failed)
+
+
+if __name__ == "__main__":
+    main()
