@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 import de3  # noqa: F401  (registers the config resolvers)
-from de3.errors import De3Error
+from de3.errors import find_user_error
 from de3.train import train
 
 log = logging.getLogger("de3")
@@ -27,8 +27,11 @@ def main(cfg: DictConfig) -> float:
         score = train(cfg)
         failed = False
         return score
-    except De3Error as err:
-        log.error("%s", err)
+    except Exception as err:
+        user_error = find_user_error(err)
+        if user_error is None:
+            raise
+        log.error("%s", user_error)
         sys.exit(2)
     finally:
         _finish_wandb(failed)

@@ -46,6 +46,7 @@ class MultiExitModule(L.LightningModule):
         self.tokenizer = load_tokenizer(**self.hparams.backbone)
         encoder = load_encoder(**self.hparams.backbone, tokenizer=self.tokenizer)
         self.model = MultiExitModel(EncoderBackbone(encoder), self.task.num_outputs, **self.hparams.exits)
+        self.model.train()  # `from_pretrained` leaves the encoder in eval mode; Lightning keeps modes as found
         self.loss_fn = instantiate(self.hparams.loss)
         self.metrics = nn.ModuleList(
             nn.ModuleList(

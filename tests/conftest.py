@@ -1,0 +1,58 @@
+"""Shared fixtures: fake GLUE files, the composed real config shrunk for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+import de3  # noqa: F401  (registers resolvers)
+from de3.models.char_tokenizer import bert_char_tokenizer
+from tests.glue_fixtures import write_glue
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+GLUE_DIR = SHARED / "data" / "glue"
+MINILM_DIR = SHARED / "models" / "all-MiniLM-L6-v2"
+
+needs_glue = pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"real GLUE data not found at {GLUE_DIR}")
+needs_minilm = pytest.mark.skipif(not MINILM_DIR.is_dir(), reason=f"all-MiniLM-L6-v2 not found at {MINILM_DIR}")
+
+
+@pytest.fixture(scope="session")
+def glue_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_glue(tmp_path_factory.mktemp("glue"))
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer():
+    return bert_char_tokenizer()
+
+
+def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The real `conf/config.yaml` composed with `overrides`, its Hydra output dir set to `output_dir`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path, glue_dir: Path):
+    """A function: overrides → the real config on fake GLUE, tiny_bert, a few CPU steps, csv logger."""
+
+    def make(*overrides: str) -> DictConfig:
+        base = ["backbone=tiny_bert", "debug=fast", f"data.data_dir={glue_dir}", "data.batch_size=8",
+                "callbacks.progress_bar=null"]
+        return compose_config([*base, *overrides], tmp_path)
+
+    yield make
+    GlobalHydra.instance().clear()

@@ -1,0 +1,68 @@
+"""The backbone adapter: exact layer-by-layer parity with Hugging Face, loading errors."""
+
+import pytest
+import torch
+from transformers import AutoModel, BertConfig, RobertaConfig
+
+from de3.errors import De3Error
+from de3.models.backbone import EncoderBackbone, load_encoder, load_tokenizer
+from de3.models.char_tokenizer import CHAR_TOKENIZERS
+from tests.conftest import MINILM_DIR, needs_minilm
+
+
+def _batch(tokenizer):
+    return tokenizer(["a short one", "a much longer sentence with padding behind it"], ["pair", "b"],
+                     padding=True, return_tensors="pt")
+
+
+@pytest.mark.parametrize("model_type, config_class", [("bert", BertConfig), ("roberta", RobertaConfig)])
+def test_layer_by_layer_equals_hf_forward(model_type, config_class):
+    torch.manual_seed(0)
+    tokenizer = CHAR_TOKENIZERS[model_type]()
+    config = config_class(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=64, pad_token_id=tokenizer.pad_token_id, max_position_embeddings=514)
+    hf_model = AutoModel.from_config(config).eval()
+    batch = _batch(tokenizer)
+    expected = hf_model(**batch, output_hidden_states=True).hidden_states[1:]
+    states = EncoderBackbone(hf_model)(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+    assert len(states) == 2
+    for ours, theirs in zip(states, expected):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_random_tiny_encoder_from_model_type():
+    tokenizer = load_tokenizer("tiny", model_type="bert")
+    encoder = load_encoder("tiny", model_type="bert", random_init=True, tokenizer=tokenizer,
+                           config_overrides={"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
+                                             "intermediate_size": 64})
+    backbone = EncoderBackbone(encoder)
+    assert backbone.num_layers == 2 and backbone.hidden_size == 32
+    assert encoder.config.vocab_size == len(tokenizer)
+    assert encoder.pooler is None
+
+
+def test_missing_model_errors_name_where_they_looked(tmp_path):
+    with pytest.raises(De3Error, match=f"backbone 'bert': no local directory at {tmp_path}/missing"):
+        load_encoder("bert", path=str(tmp_path / "missing"))
+    with pytest.raises(De3Error, match="no path, and model_type 'gpt9'"):
+        load_tokenizer("x", model_type="gpt9")
+    with pytest.raises(De3Error, match="pretrained weights need backbone.path"):
+        load_encoder("x", model_type="bert")
+
+
+def test_non_bert_family_model_is_refused():
+    with pytest.raises(De3Error, match="not a BERT-family encoder"):
+        EncoderBackbone(torch.nn.Linear(2, 2))
+
+
+@needs_minilm
+def test_real_minilm_matches_hf_forward():
+    tokenizer = load_tokenizer("minilm", path=str(MINILM_DIR))
+    encoder = load_encoder("minilm", path=str(MINILM_DIR)).eval()
+    reference = AutoModel.from_pretrained(MINILM_DIR).eval()
+    batch = _batch(tokenizer)
+    with torch.no_grad():
+        expected = reference(**batch).last_hidden_state
+        ours = EncoderBackbone(encoder)(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    assert len(ours) == 6
+    torch.testing.assert_close(ours[-1], expected, rtol=0, atol=0)

@@ -1,0 +1,90 @@
+"""End to end: the real config composed and shrunk, `train`, and `run.py` as users call it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from de3.models.module import MultiExitModule
+from de3.train import train
+from tests.conftest import REPO, compose_config
+
+
+@pytest.mark.parametrize("task", ["rte", "stsb", "mnli", "cola"])
+def test_train_writes_per_exit_results(tiny_config, task, tmp_path):
+    cfg = tiny_config(f"task={task}")
+    score = train(cfg)
+    results = json.loads((tmp_path / "results.json").read_text())
+    splits = results["scores"]
+    assert list(splits) == (["validation_matched", "validation_mismatched"] if task == "mnli" else ["validation"])
+    for metrics in splits.values():
+        for values in metrics.values():
+            assert len(values) == 2  # tiny_bert has two exits
+    first = next(iter(splits.values()))
+    assert score == pytest.approx(first[next(iter(first))][-1])
+    assert (tmp_path / "results.md").read_text().startswith("### ")
+    assert Path(results["checkpoint"]).is_file()
+
+
+def test_checkpoint_reloads_the_same_model(tiny_config, tmp_path):
+    cfg = tiny_config("task=sst2", "backbone=tiny_roberta")
+    train(cfg)
+    checkpoint = json.loads((tmp_path / "results.json").read_text())["checkpoint"]
+    reloaded = MultiExitModule.load_from_checkpoint(checkpoint).eval()  # weights_only load must work
+    state = torch.load(checkpoint, weights_only=True)["state_dict"]
+    for name, tensor in reloaded.state_dict().items():
+        torch.testing.assert_close(tensor, state[name])
+    batch = reloaded.tokenizer(["hello"], return_tensors="pt")
+    assert reloaded(batch).shape == (2, 1, 2)
+
+
+def test_every_backbone_and_task_config_composes(tiny_config, tmp_path):
+    for backbone in ("bert", "roberta", "minilm", "tiny_bert", "tiny_roberta"):
+        cfg = tiny_config(f"backbone={backbone}")
+        assert cfg.model.exits.pooling in ("cls", "mean")
+    for task in ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"):
+        assert tiny_config(f"task={task}").task.name == task
+    cfg = compose_config(["trainer=ddp", "experiment=quickstart"], tmp_path)
+    assert cfg.trainer.strategy == "ddp" and cfg.data.train_limit == 4000 and cfg.backbone.name == "minilm"
+    assert cfg.logger.wandb.offline is True
+    assert instantiate(cfg.loss).weighting == "ascending"
+
+
+def _run(*args: str, cwd: Path, glue_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DE3_GLUE_DIR": str(glue_dir), "WANDB_SILENT": "true"}
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *args, f"paths.log_dir={cwd}"],
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def test_multirun_gives_one_output_dir_per_job(tmp_path, glue_dir):
+    result = _run("-m", "task=rte,mrpc", "backbone=tiny_bert", "trainer.max_steps=2", "data.train_limit=16",
+                  "callbacks.progress_bar=null", cwd=tmp_path, glue_dir=glue_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p.parent for p in tmp_path.glob("multiruns/*/*/results.json"))
+    assert [p.name for p in jobs] == ["0_rte-tiny_bert-seed42", "1_mrpc-tiny_bert-seed42"]
+    for job in jobs:  # W&B (offline, the default logger) wrote one run per job
+        assert len(list(job.glob("wandb/offline-run-*"))) == 1
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["task=rte", "data.data_dir=/nonexistent/glue", "data.source=local"],
+     "task 'rte', split 'train': file not found: /nonexistent/glue/RTE/train.tsv"),
+    (["backbone=minilm", "backbone.path=/nonexistent/minilm"], "backbone 'minilm': no local directory at /nonexistent/minilm"),
+])
+def test_bad_input_stops_with_one_clear_message(tmp_path, glue_dir, overrides, message):
+    result = _run("backbone=tiny_bert", "logger=csv", *overrides, cwd=tmp_path, glue_dir=glue_dir)
+    assert result.returncode == 2
+    assert message in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("runs/*/*/results.json"))
+
+
+def test_unknown_task_lists_the_choices(tmp_path, glue_dir):
+    result = _run("task=imdb", cwd=tmp_path, glue_dir=glue_dir)
+    assert result.returncode != 0
+    assert "Could not find 'task/imdb'" in result.stderr and "rte" in result.stderr
