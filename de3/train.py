@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ def train(cfg: DictConfig) -> float:
 
     Returns the best checkpoint's main score (final exit, first eval split), for Hydra sweepers.
     """
+    started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
     model, datamodule, trainer = build(cfg)
     datamodule.setup("fit")  # fail on bad data now, before any training
@@ -56,6 +58,7 @@ def train(cfg: DictConfig) -> float:
         save_results(output_dir, scores, title, {
             "task": model.task.name, "backbone": cfg.backbone.name,
             "checkpoint": best or None, "global_step": trainer.global_step,
+            "wall_time_s": round(time.perf_counter() - started, 1),
         })
         log.info("results written to %s", output_dir)
     return scores[model.task.eval_splits[0]][model.task.main_metric][-1]
