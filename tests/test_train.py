@@ -40,7 +40,7 @@ def test_checkpoint_reloads_the_same_model(tiny_config, tmp_path):
     for name, tensor in reloaded.state_dict().items():
         torch.testing.assert_close(tensor, state[name])
     batch = reloaded.tokenizer(["hello"], return_tensors="pt")
-    assert reloaded(batch).shape == (2, 1, 2)
+    assert reloaded(batch).logits.shape == (2, 1, 2)
 
 
 def test_every_backbone_and_task_config_composes(tiny_config, tmp_path):

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from de3.errors import De3Error
+from de3.models.multi_exit import MultiExitOutput
+from de3.models.prototypes import dar_loss
 
 WEIGHTINGS = ("ascending", "uniform", "descending")
 
@@ -36,8 +38,29 @@ class JointLoss(nn.Module):
         layer_weights(1, weighting)  # validate early, before any training
         self.weighting = weighting
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> dict[str, torch.Tensor]:
+    def forward(self, output: MultiExitOutput, labels: torch.Tensor, regression: bool) -> dict[str, torch.Tensor]:
         """→ {"loss": scalar to optimise, "exit_losses": [L] per-exit task losses (detached)}."""
-        losses = per_exit_task_loss(logits, labels, regression)
+        losses = per_exit_task_loss(output.logits, labels, regression)
         weights = layer_weights(len(losses), self.weighting).to(losses.device)
         return {"loss": (weights * losses).sum() / weights.sum(), "exit_losses": losses.detach()}
+
+
+class De3Loss(JointLoss):
+    """DE³-BERT: the joint loss plus α·mean over internal layers of the DAR loss (temperature τ)."""
+
+    def __init__(self, weighting: str = "ascending", alpha: float = 1.0, tau: float = 1.0) -> None:
+        super().__init__(weighting)
+        if tau <= 0:
+            raise De3Error(f"loss.tau must be positive, got {tau}")
+        self.alpha = alpha
+        self.tau = tau
+
+    def forward(self, output: MultiExitOutput, labels: torch.Tensor, regression: bool) -> dict[str, torch.Tensor]:
+        """→ the joint loss's parts, the total with α·DAR added, and "dar": [L−1] (detached)."""
+        if output.distances is None:
+            raise De3Error("loss=de3 needs prototypes: set model.prototypes (loss=de3 does by default)")
+        parts = super().forward(output, labels, regression)
+        dar = dar_loss(output.distances, labels, self.tau)
+        parts["loss"] = parts["loss"] + self.alpha * dar.mean()
+        parts["dar"] = dar.detach()
+        return parts

@@ -16,7 +16,8 @@ from transformers import get_linear_schedule_with_warmup
 from de3.data.tasks import task_from_config
 from de3.metrics import make_metric, predictions
 from de3.models.backbone import EncoderBackbone, load_encoder, load_tokenizer
-from de3.models.multi_exit import MultiExitModel
+from de3.errors import De3Error
+from de3.models.multi_exit import MultiExitModel, MultiExitOutput
 
 
 class MultiExitModule(L.LightningModule):
@@ -35,17 +36,28 @@ class MultiExitModule(L.LightningModule):
         loss: Mapping[str, Any],
         exits: Mapping[str, Any],
         optimizer: Mapping[str, Any],
+        prototypes: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # Plain containers, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters({
             name: OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else dict(value)
-            for name, value in dict(task=task, backbone=backbone, loss=loss, exits=exits, optimizer=optimizer).items()
+            for name, value in dict(task=task, backbone=backbone, loss=loss, exits=exits, optimizer=optimizer,
+                                    prototypes=prototypes).items()
+            if value is not None
         })
         self.task = task_from_config(self.hparams.task)
+        if prototypes is not None and self.task.is_regression:
+            raise De3Error(
+                f"task {self.task.name!r} is regression: prototypes (loss=de3) need classes. "
+                "Train it with loss=joint; its exits use PABEE's regression patience"
+            )
         self.tokenizer = load_tokenizer(**self.hparams.backbone)
         encoder = load_encoder(**self.hparams.backbone, tokenizer=self.tokenizer)
-        self.model = MultiExitModel(EncoderBackbone(encoder), self.task.num_outputs, **self.hparams.exits)
+        self.model = MultiExitModel(
+            EncoderBackbone(encoder), self.task.num_outputs, **self.hparams.exits,
+            prototypes=self.hparams.get("prototypes"),
+        )
         self.model.train()  # `from_pretrained` leaves the encoder in eval mode; Lightning keeps modes as found
         self.loss_fn = instantiate(self.hparams.loss)
         self.metrics = nn.ModuleList(
@@ -56,18 +68,35 @@ class MultiExitModule(L.LightningModule):
             for _ in self.task.eval_splits
         )
         self.eval_scores: dict[str, dict[str, list[float]]] = {}
+        self._prototype_batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Batch → logits of every exit, [L, B, C]."""
-        return self.model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")).logits
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> MultiExitOutput:
+        """A tokenized batch → every exit's outputs."""
+        return self.model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        losses = self.loss_fn(self(batch), batch["labels"], self.task.is_regression)
-        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=len(batch["labels"]))
+        labels = batch["labels"]
+        output = self(batch)
+        prototypes = self.model.prototypes
+        if prototypes is not None:
+            # A class seen for the first time gets its prototype before DAR measures distances to it.
+            if prototypes.update(output.mapped.detach(), labels, only_missing=True):
+                output.distances = prototypes.distances(output.mapped)
+            self._prototype_batch = (output.mapped.detach(), labels)
+        losses = self.loss_fn(output, labels, self.task.is_regression)
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=len(labels))
+        if "dar" in losses:
+            self.log("train/dar", losses["dar"].mean(), batch_size=len(labels))
         return losses["loss"]
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """After the optimizer step: fold the batch's class means into the prototypes (EMA)."""
+        if self._prototype_batch is not None:
+            self.model.prototypes.update(*self._prototype_batch)
+            self._prototype_batch = None
+
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        predicted = predictions(self(batch), self.task.is_regression)  # [L, B]
+        predicted = predictions(self(batch).logits, self.task.is_regression)  # [L, B]
         for exit_metrics, exit_predictions in zip(self.metrics[dataloader_idx], predicted):
             exit_metrics.update(exit_predictions, batch["labels"])
 

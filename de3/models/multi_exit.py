@@ -1,4 +1,5 @@
-"""The multi-exit network: a backbone with an exit head after every layer."""
+"""The multi-exit network: a backbone with an exit head after every layer, and optionally
+prototypical networks on the internal layers (DE³)."""
 
 from __future__ import annotations
 
@@ -10,24 +11,39 @@ from torch import nn
 from de3.errors import De3Error
 from de3.models.backbone import EncoderBackbone
 from de3.models.exits import POOLINGS, ExitHead, pool
+from de3.models.prototypes import PrototypicalNetworks
 
 
 @dataclass
 class MultiExitOutput:
-    """Per-exit outputs for a batch: `logits` [L, B, C] and the pooled vectors `pooled` [L, B, H]."""
+    """Per-exit outputs for a batch.
+
+    `logits` [L, B, C]; `pooled` [L, B, H]; with prototypes, the internal layers' mapped
+    vectors `mapped` [L−1, B, d] and their prototype `distances` [L−1, B, C].
+    """
 
     logits: torch.Tensor
     pooled: torch.Tensor
+    mapped: torch.Tensor | None = None
+    distances: torch.Tensor | None = None
 
 
 class MultiExitModel(nn.Module):
     """Backbone + L exit heads; exit m reads layer m's pooled representation.
 
     `forward` runs every layer (training, caching for the sweep); `exit_logits` is the piece
-    that layer-by-layer early-exit inference calls after each layer.
+    that layer-by-layer early-exit inference calls after each layer. `prototypes` is None
+    unless the model was built with `prototypes` settings (DE³).
     """
 
-    def __init__(self, backbone: EncoderBackbone, num_outputs: int, pooling: str = "cls", dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        backbone: EncoderBackbone,
+        num_outputs: int,
+        pooling: str = "cls",
+        dropout: float = 0.1,
+        prototypes: dict | None = None,
+    ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise De3Error(f"exit pooling must be one of {list(POOLINGS)}, got {pooling!r}")
@@ -35,6 +51,10 @@ class MultiExitModel(nn.Module):
         self.pooling = pooling
         self.exits = nn.ModuleList(
             ExitHead(backbone.hidden_size, num_outputs, dropout) for _ in range(backbone.num_layers)
+        )
+        self.prototypes = (
+            None if prototypes is None
+            else PrototypicalNetworks(backbone.num_layers - 1, backbone.hidden_size, num_outputs, **prototypes)
         )
 
     @property
@@ -54,4 +74,8 @@ class MultiExitModel(nn.Module):
     ) -> MultiExitOutput:
         states = self.backbone(input_ids, attention_mask, token_type_ids)
         logits, pooled = zip(*(self.exit_logits(m, h, attention_mask) for m, h in enumerate(states)))
-        return MultiExitOutput(logits=torch.stack(logits), pooled=torch.stack(pooled))
+        output = MultiExitOutput(logits=torch.stack(logits), pooled=torch.stack(pooled))
+        if self.prototypes is not None:
+            output.mapped = self.prototypes.map(output.pooled[:-1])
+            output.distances = self.prototypes.distances(output.mapped)
+        return output

@@ -1,0 +1,50 @@
+"""Exit indicators (lower = more certain), as pure tensor functions over any leading shape.
+
+Shared by the DE³ training diagnostics, the threshold sweep and real early-exit inference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def normalized_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """H(softmax z) / log C ∈ [0, 1]: [..., C] → [...]."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return (entropy / math.log(logits.shape[-1])).clamp(0.0, 1.0)
+
+
+def distance_ratio(distances: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+    """DR = 0.5·(1 + (r₁ − r₂) / max(r₁, r₂)) ∈ [0, 1].
+
+    `distances` [..., C] to the class prototypes; `predicted` [...] the class ĉ the exit
+    predicts. r₁ is the distance to ĉ's prototype, r₂ the smallest distance to any other.
+    DR = 0.5 when r₁ = r₂ (also when both are 0), → 0 when r₁ ≪ r₂; infinite distances
+    (classes never seen in training) take the limits.
+    """
+    distances = distances.float()
+    r1 = distances.gather(-1, predicted.unsqueeze(-1)).squeeze(-1)
+    others = distances.scatter(-1, predicted.unsqueeze(-1), float("inf"))
+    r2 = others.min(-1).values
+    largest = torch.maximum(r1, r2)
+    ratio = torch.where(largest > 0, (r1 - r2) / largest.clamp(min=torch.finfo(largest.dtype).tiny), 0.0)
+    # A class without a prototype is infinitely far: the ratio's limit is ±1 (0 when both are).
+    infinite = torch.isinf(r1) | torch.isinf(r2)
+    ratio = torch.where(infinite, torch.nan_to_num(torch.sign(r1 - r2), nan=0.0), ratio)
+    return 0.5 * (1.0 + ratio)
+
+
+def edr(entropy: torch.Tensor, ratio: torch.Tensor, lam: float) -> torch.Tensor:
+    """EDR = (λ + 1) / (λ/DR + 1/Entropy): the weighted harmonic mean; 0 if DR or Entropy is 0.
+
+    λ = 0 gives the entropy alone; large λ approaches DR.
+    """
+    entropy, ratio = entropy.float(), ratio.float()
+    zero = (entropy <= 0) | (ratio <= 0) if lam > 0 else entropy <= 0
+    safe_entropy = entropy.clamp(min=torch.finfo(entropy.dtype).tiny)
+    safe_ratio = ratio.clamp(min=torch.finfo(ratio.dtype).tiny)
+    value = (lam + 1.0) / (lam / safe_ratio + 1.0 / safe_entropy)
+    return torch.where(zero, torch.zeros_like(value), value)
