@@ -29,6 +29,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     task = task_from_config(cfg.task)
     model = instantiate(cfg.model)
     datamodule = instantiate(cfg.data, _partial_=True)(task=task, tokenizer=model.tokenizer)
+    datamodule.setup("fit")  # fail on bad data now, before loggers start runs or training starts
     loggers: list[Logger] = _instantiate_all(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")), logger=loggers or False)
     for logger in loggers:
@@ -44,7 +45,6 @@ def train(cfg: DictConfig) -> float:
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
     model, datamodule, trainer = build(cfg)
-    datamodule.setup("fit")  # fail on bad data now, before any training
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     if trainer.interrupted:
         raise De3Error("training was interrupted; no results were written")

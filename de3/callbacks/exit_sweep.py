@@ -1,0 +1,129 @@
+"""After the best checkpoint is evaluated: the speed–accuracy sweep of every exit rule,
+written as files in the run's output directory and logged to W&B."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
+
+from de3.exit_cache import ExitCache, collect_exit_cache, save_exit_caches
+from de3.flops import FlopsModel
+from de3.models.exit_rules import get_rule
+from de3.sweep import full_depth_scores, plot_sweep, summarize, summary_markdown, sweep_split
+from de3.utils.io import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+def flops_model(model: Any) -> FlopsModel:
+    """The FLOPs costs of a `MultiExitModel`."""
+    config = model.backbone.config
+    prototypes = model.prototypes
+    return FlopsModel(
+        hidden_size=config.hidden_size, intermediate_size=config.intermediate_size, num_layers=model.num_layers,
+        exit_head=model.exits[0].flops(), prototype=0 if prototypes is None else prototypes.flops_per_layer(),
+    )
+
+
+def rows_csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+class ExitSweep(L.Callback):
+    """Runs when `trainer.validate` ends (after fit, on the best checkpoint; or `mode=sweep`):
+    one cached pass over every eval split, then every applicable rule of `rules` (name → its
+    parameters) at `num_thresholds` data-chosen thresholds plus `extra_thresholds`.
+
+    Writes `sweep.csv`, `sweep.png`, `summary.md`, `thresholds.json` (per rule, the threshold
+    reaching each of `target_speedups` on the first eval split) and `exit_cache.pt`.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        rules: Mapping[str, Mapping[str, Any]],
+        num_thresholds: int = 60,
+        extra_thresholds: Mapping[str, Sequence[float]] | None = None,
+        target_speedups: Sequence[float] = (1.5, 2.0, 3.0),
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.rules = {name: dict(params or {}) for name, params in rules.items()}
+        for name in self.rules:
+            get_rule(name)  # unknown names fail now, not after training
+        self.num_thresholds = num_thresholds
+        self.extra_thresholds = {k: list(v) for k, v in (extra_thresholds or {}).items()}
+        self.target_speedups = list(target_speedups)
+        self.timings: dict[str, float] = {}
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn != TrainerFn.VALIDATING or not trainer.is_global_zero:
+            return
+        task, model = pl_module.task, pl_module.model
+        started = time.perf_counter()
+        caches: dict[str, ExitCache] = {
+            split: collect_exit_cache(model, loader, description=f"caching exits ({split})")
+            for split, loader in zip(task.eval_splits, trainer.datamodule.val_dataloader())
+        }
+        cached = time.perf_counter()
+        costs = flops_model(model)
+        rows = [row for split, cache in caches.items()
+                for row in sweep_split(split, cache, task, self.rules, costs, self.num_thresholds, self.extra_thresholds)]
+        full_depth = {split: full_depth_scores(task, cache) for split, cache in caches.items()}
+        summary = summarize(rows, task.main_metric, self.target_speedups)
+        self.timings = {"cache_pass_s": cached - started, "simulation_s": time.perf_counter() - cached}
+        self._write(rows, summary, full_depth, caches, task.main_metric, model.num_layers)
+        self._log_wandb(trainer, rows, summary, task.main_metric)
+        log.info("sweep: %d points (%d rules) in %.1fs + %.1fs cache pass; files in %s", len(rows),
+                 len(summary[task.eval_splits[0]]["rules"]), self.timings["simulation_s"],
+                 self.timings["cache_pass_s"], self.output_dir)
+
+    def _write(self, rows, summary, full_depth, caches, metric: str, num_layers: int) -> None:
+        out = self.output_dir
+        save_exit_caches(out / "exit_cache.pt", caches)
+        write_text_atomic(out / "sweep.csv", rows_csv(rows))
+        plot_sweep(rows, metric, full_depth, num_layers, out / "sweep.png")
+        write_text_atomic(out / "summary.md", summary_markdown(summary, metric, full_depth, self.target_speedups))
+        first = next(iter(summary.values()))
+        deploy = {rule: {"params": entry["params"],
+                         "thresholds": {t: None if p is None else {"threshold": p["threshold"], "speedup": p["speedup"]}
+                                        for t, p in entry["targets"].items()}}
+                  for rule, entry in first["rules"].items()}
+        write_text_atomic(out / "thresholds.json", json.dumps({"split": next(iter(summary)), "rules": deploy}, indent=2) + "\n")
+
+    def _log_wandb(self, trainer: L.Trainer, rows, summary, metric: str) -> None:
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not loggers:
+            return
+        try:
+            import wandb
+
+            run = loggers[0].experiment
+            columns = list(rows[0])
+            table = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])
+            first_split = next(iter(summary))
+            first_rows = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows if r["split"] == first_split])
+            run.log({"sweep/points": table,
+                     "sweep/curve": wandb.plot.line(first_rows, "speedup", metric, stroke="rule",
+                                                    title=f"{metric} vs speed-up ({first_split})")})
+            for rule, entry in summary[first_split]["rules"].items():
+                for target, point in entry["targets"].items():
+                    if point is not None:
+                        run.summary[f"sweep/{rule}/{metric}@{target}x"] = point[metric]
+                if entry["auc"] is not None:
+                    run.summary[f"sweep/{rule}/auc"] = entry["auc"]
+        except Exception as err:  # W&B trouble must never cost the sweep's files
+            log.warning("could not log the sweep to W&B: %s", err)

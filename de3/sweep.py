@@ -1,0 +1,187 @@
+"""The speed–accuracy sweep: every exit rule at many thresholds, simulated on an `ExitCache`.
+
+No model is run here: one cached pass gives every layer's logits (and prototype distances),
+and each (rule, threshold) point is computed from them with the rule functions that real
+early-exit inference uses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from de3.data.tasks import TaskSpec  # noqa: E402
+from de3.exit_cache import ExitCache  # noqa: E402
+from de3.flops import FlopsModel, layer_speedup  # noqa: E402
+from de3.metrics import make_metric, predictions  # noqa: E402
+from de3.models.exit_rules import RULES, ExitRule, decide, rule_indicator  # noqa: E402
+
+Row = dict[str, Any]
+
+
+def threshold_grid(rule: ExitRule, indicator: torch.Tensor, num_thresholds: int, extra: Sequence[float] = ()) -> list[float]:
+    """Thresholds spanning "nobody exits early" to "everyone exits as early as the rule allows":
+    quantiles of the rule's finite indicator values plus just above the largest; for counting
+    rules (patience) every count 1..L−1. `extra` thresholds are added as given."""
+    if rule.counts:
+        grid = [float(t) for t in range(1, indicator.shape[0] + 1)]
+    else:
+        finite = indicator[torch.isfinite(indicator)]
+        if finite.numel() == 0:
+            grid = []
+        else:
+            sample = finite[:: finite.numel() // 1_000_000 + 1]  # torch.quantile's input limit
+            quantiles = torch.quantile(sample.double(), torch.linspace(0, 1, num_thresholds, dtype=torch.float64))
+            above = torch.nextafter(finite.max(), torch.tensor(math.inf, dtype=finite.dtype))
+            # in the indicator's own precision, so that a threshold means exactly what it did here
+            grid = quantiles.to(finite.dtype).tolist() + [above.item()]
+    return sorted(set(grid) | {float(t) for t in extra})
+
+
+def score(task: TaskSpec, predicted: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """The task's metrics for one set of predictions."""
+    return {name: float(make_metric(name, task.num_outputs)(predicted, labels)) for name in task.metrics}
+
+
+def applicable_rules(task: TaskSpec, cache: ExitCache, rules: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """The configured rules (name → params) that this task and cache support."""
+    return {name: params for name, params in rules.items()
+            if RULES[name].supports(task.is_regression, cache.distances is not None)}
+
+
+def sweep_split(
+    split: str,
+    cache: ExitCache,
+    task: TaskSpec,
+    rules: Mapping[str, Mapping[str, Any]],
+    flops: FlopsModel,
+    num_thresholds: int = 60,
+    extra_thresholds: Mapping[str, Sequence[float]] | None = None,
+) -> list[Row]:
+    """One row per (rule, threshold) on one split: speed-up ratio, mean exit layer, FLOPs
+    speed-up and the task's metrics."""
+    rows = []
+    for name, params in applicable_rules(task, cache, rules).items():
+        rule = RULES[name]
+        indicator = rule_indicator(rule, cache.logits, cache.distances, params)
+        for threshold in threshold_grid(rule, indicator, num_thresholds, (extra_thresholds or {}).get(name, ())):
+            layers, answers = decide(rule, cache.logits, indicator, threshold, task.is_regression)
+            rows.append({
+                "split": split, "rule": name, "params": json.dumps(dict(params), sort_keys=True),
+                "threshold": threshold,
+                "speedup": layer_speedup(layers, cache.num_layers),
+                "mean_exit_layer": float(layers.double().mean()),
+                "flops_speedup": flops.speedup(layers, cache.lengths, rule.needs_distances),
+                **score(task, answers, cache.labels),
+            })
+    return rows
+
+
+def full_depth_scores(task: TaskSpec, cache: ExitCache) -> dict[str, float]:
+    """The last exit's scores: the model with early exit switched off."""
+    return score(task, predictions(cache.logits[-1], task.is_regression), cache.labels)
+
+
+def pareto_mask(speedups: Sequence[float], scores: Sequence[float]) -> list[bool]:
+    """True for points no other point beats on both speed-up and score."""
+    return [not any((s2 >= s and v2 >= v) and (s2 > s or v2 > v) for s2, v2 in zip(speedups, scores))
+            for s, v in zip(speedups, scores)]
+
+
+def _frontier_area(points: list[tuple[float, float]], upto: float) -> float:
+    """Mean over s ∈ [1, upto] of the best score among points with speed-up ≥ s."""
+    total, start = 0.0, 1.0
+    for speed, _ in sorted(points):
+        end = min(speed, upto)
+        if end > start:
+            total += (end - start) * max(v for s, v in points if s >= end)
+            start = end
+    return total / (upto - 1.0)
+
+
+def reaching(rows: list[Row], target: float) -> Row | None:
+    """The slowest point whose speed-up is at least `target` (what deploying that threshold gives)."""
+    candidates = [r for r in rows if r["speedup"] >= target - 1e-9]
+    return min(candidates, key=lambda r: (r["speedup"], -r["threshold"])) if candidates else None
+
+
+def summarize(rows: list[Row], metric: str, targets: Sequence[float]) -> dict[str, dict[str, Any]]:
+    """Per split and rule: the score and threshold at each target speed-up, and the area under
+    the rule's Pareto frontier over the speed-ups every rule reaches."""
+    summary: dict[str, dict[str, Any]] = {}
+    for split in dict.fromkeys(r["split"] for r in rows):
+        by_rule = {rule: [r for r in rows if r["split"] == split and r["rule"] == rule]
+                   for rule in dict.fromkeys(r["rule"] for r in rows if r["split"] == split)}
+        common = min(max(r["speedup"] for r in rule_rows) for rule_rows in by_rule.values())
+        summary[split] = {"auc_range": [1.0, common], "rules": {}}
+        for rule, rule_rows in by_rule.items():
+            at = {str(t): reaching(rule_rows, t) for t in targets}
+            points = [(r["speedup"], r[metric]) for r in rule_rows]
+            summary[split]["rules"][rule] = {
+                "params": json.loads(rule_rows[0]["params"]),
+                "targets": {t: None if r is None else {"threshold": r["threshold"], "speedup": r["speedup"],
+                                                       metric: r[metric]} for t, r in at.items()},
+                "auc": _frontier_area(points, common) if common > 1.0 else None,
+            }
+    return summary
+
+
+def summary_markdown(summary: dict[str, dict[str, Any]], metric: str, full_depth: Mapping[str, Mapping[str, float]],
+                     targets: Sequence[float]) -> str:
+    """`summary.md`: per split, each rule's score at the target speed-ups and its frontier area."""
+    lines = ["# Early-exit sweep", ""]
+    for split, info in summary.items():
+        low, high = info["auc_range"]
+        lines += [f"## {split} — {metric} ×100 (full depth: {100 * full_depth[split][metric]:.2f})", "",
+                  "Score at the slowest threshold reaching each speed-up (actual speed-up in brackets); "
+                  f"AUC: mean best score over speed-ups {low:.2f}×–{high:.2f}×.", "",
+                  "| rule | params | " + " | ".join(f"{t}×" for t in targets) + " | AUC |",
+                  "|---|---|" + "---:|" * (len(targets) + 1)]
+        for rule, entry in info["rules"].items():
+            cells = []
+            for t in targets:
+                point = entry["targets"][str(t)]
+                cells.append("—" if point is None else f"{100 * point[metric]:.2f} ({point['speedup']:.2f}×)")
+            auc = "—" if entry["auc"] is None else f"{100 * entry['auc']:.2f}"
+            params = ", ".join(f"{k}={v}" for k, v in entry["params"].items()) or "—"
+            lines.append(f"| {rule} | {params} | " + " | ".join(cells) + f" | {auc} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_sweep(rows: list[Row], metric: str, full_depth: Mapping[str, Mapping[str, float]], num_layers: int, path: Any) -> None:
+    """`sweep.png`: per split, the metric against speed-up, one curve per rule, Pareto points filled."""
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    fig, axes = plt.subplots(1, len(splits), figsize=(7 * len(splits), 5), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, split in zip(axes[0], splits):
+        for index, rule in enumerate(dict.fromkeys(r["rule"] for r in rows)):
+            rule_rows = sorted((r for r in rows if r["split"] == split and r["rule"] == rule), key=lambda r: r["speedup"])
+            if not rule_rows:
+                continue
+            xs = [r["speedup"] for r in rule_rows]
+            ys = [100 * r[metric] for r in rule_rows]
+            front = pareto_mask(xs, ys)
+            colour = colours(index)
+            ax.plot(xs, ys, color=colour, alpha=0.35, linewidth=1)
+            ax.plot([x for x, f in zip(xs, front) if f], [y for y, f in zip(ys, front) if f], "o-", color=colour,
+                    markersize=4, linewidth=1.8, label=rule)
+        ax.axhline(100 * full_depth[split][metric], color="black", linestyle="--", linewidth=1, label="full depth")
+        ax.set_xlim(1, num_layers)
+        ax.set_xlabel("speed-up ratio  L·N / Σ exit layers")
+        ax.set_ylabel(f"{metric} ×100")
+        ax.set_title(split)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Speed–accuracy trade-off of every exit rule (faint: all thresholds; markers: Pareto points)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
