@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 import de3  # noqa: F401  (registers the config resolvers)
 from de3.errors import find_user_error
-from de3.train import train
+from de3.jobs import run
 
 log = logging.getLogger("de3")
 
@@ -24,7 +24,7 @@ def _finish_wandb(failed: bool) -> None:
 def main(cfg: DictConfig) -> float:
     failed = True
     try:
-        score = train(cfg)
+        score = run(cfg)
         failed = False
         return score
     except Exception as err:

@@ -14,7 +14,7 @@ from de3.models.losses import De3Loss
 from de3.models.module import MultiExitModule
 from de3.models.multi_exit import MultiExitOutput
 from de3.models.prototypes import PrototypicalNetworks, dar_loss, euclidean_distances
-from de3.train import train
+from de3.jobs import train
 
 
 def test_normalized_entropy_hand_values():

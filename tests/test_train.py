@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 
 from de3.models.module import MultiExitModule
-from de3.train import train
+from de3.jobs import train
 from tests.conftest import REPO, compose_config
 
 

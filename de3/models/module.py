@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -69,6 +70,23 @@ class MultiExitModule(L.LightningModule):
         )
         self.eval_scores: dict[str, dict[str, list[float]]] = {}
         self._prototype_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> MultiExitModule:
+        """Rebuild a trained module from a checkpoint file, in eval mode.
+
+        The backbone is built with random weights, since the checkpoint overwrites them all;
+        its config and tokenizer still come from the backbone's path.
+        """
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise De3Error(f"checkpoint not found: {path}")
+        try:
+            hparams = torch.load(path, map_location=map_location, weights_only=True)["hyper_parameters"]
+        except Exception as err:
+            raise De3Error(f"{path} is not a de3 checkpoint ({err})") from None
+        backbone = {**hparams["backbone"], "random_init": True}
+        return cls.load_from_checkpoint(path, map_location=map_location, backbone=backbone).eval()
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> MultiExitOutput:
         """A tokenized batch → every exit's outputs."""

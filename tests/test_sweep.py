@@ -1,0 +1,115 @@
+"""The threshold sweep: grids, summaries, files, and a point recomputed by hand from the cache."""
+
+import csv
+import json
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from de3.data.tasks import GLUE_TASKS
+from de3.exit_cache import ExitCache, load_exit_caches
+from de3.flops import FlopsModel, layer_speedup
+from de3.jobs import sweep, train
+from de3.sweep import _frontier_area, pareto_mask, reaching, summarize, sweep_split
+
+FLOPS = FlopsModel(hidden_size=8, intermediate_size=16, num_layers=4, exit_head=100, prototype=10)
+ALL_RULES = {"entropy": {}, "maxprob": {}, "patience": {}, "pcee": {"patience": 2}, "dr": {}, "edr": {"lam": 1.0},
+             "dge": {"divergence": "kl", "window": 1}}
+
+
+def random_cache(n=200, layers=4, classes=2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (n,), generator=generator)
+    # later layers are more confident and more often right
+    signal = torch.nn.functional.one_hot(labels, classes).float()
+    logits = torch.stack([(m + 1) * signal + 2 * torch.randn(n, classes, generator=generator) for m in range(layers)])
+    distances = torch.rand(layers - 1, n, classes, generator=generator)
+    return ExitCache(logits=logits, labels=labels, lengths=torch.randint(5, 30, (n,), generator=generator),
+                     distances=distances)
+
+
+def test_grid_spans_one_to_l_times():
+    rows = sweep_split("validation", random_cache(), GLUE_TASKS["rte"], ALL_RULES, FLOPS, num_thresholds=50)
+    for rule in ("entropy", "maxprob", "dr", "edr"):
+        speedups = [r["speedup"] for r in rows if r["rule"] == rule]
+        assert min(speedups) == 1.0 and max(speedups) == 4.0, rule
+        assert len(speedups) >= 50
+    assert {r["rule"] for r in rows} == set(ALL_RULES)
+    assert max(r["speedup"] for r in rows if r["rule"] == "dge") == 2.0  # layer 1 can never exit
+    assert sorted(r["threshold"] for r in rows if r["rule"] == "patience") == [1.0, 2.0, 3.0]
+
+
+def test_regression_sweeps_patience_only_and_extra_thresholds():
+    cache = random_cache()
+    cache.logits, cache.distances = cache.logits[..., :1], None
+    cache.labels = cache.labels.float()
+    rows = sweep_split("validation", cache, GLUE_TASKS["stsb"], ALL_RULES, FLOPS,
+                       extra_thresholds={"patience": [2.5]})
+    assert {r["rule"] for r in rows} == {"patience"}
+    assert "spearman" in rows[0] and 2.5 in [r["threshold"] for r in rows]
+
+
+def test_flops_and_layer_speedup():
+    layers, lengths = torch.tensor([1, 4]), torch.tensor([10, 10])
+    assert layer_speedup(layers, 4) == pytest.approx(8 / 5)
+    per_layer = FLOPS.layer(torch.tensor([10]))[0].item()
+    full = 2 * (4 * per_layer + 100)
+    early = (1 * per_layer + 100 + 10) + (4 * per_layer + 400 + 30)
+    assert FLOPS.speedup(layers, lengths, uses_prototypes=True) == pytest.approx(full / early)
+
+
+def test_pareto_reaching_and_area():
+    assert pareto_mask([1, 2, 3, 2], [0.9, 0.8, 0.5, 0.7]) == [True, True, True, False]
+    rows = [{"speedup": s, "threshold": t, "acc": a} for s, t, a in [(1.0, 0.1, 0.9), (1.6, 0.3, 0.8), (2.2, 0.5, 0.6)]]
+    assert reaching(rows, 1.5)["threshold"] == 0.3 and reaching(rows, 3.0) is None
+    # best score for s in [1, 1.6] is 0.8, for s in (1.6, 2.2] 0.6
+    assert _frontier_area([(1.0, 0.9), (1.6, 0.8), (2.2, 0.6)], 2.2) == pytest.approx((0.6 * 0.8 + 0.6 * 0.6) / 1.2)
+    summary = summarize([{**r, "split": "validation", "rule": "entropy", "params": "{}"} for r in rows], "acc", [1.5])
+    assert summary["validation"]["rules"]["entropy"]["targets"]["1.5"]["acc"] == 0.8
+
+
+def test_sweep_files_and_a_point_recomputed_by_hand(tiny_config, tmp_path):
+    train(tiny_config("task=rte", "loss=de3", "backbone.config_overrides.num_hidden_layers=4"))
+    for name in ("sweep.csv", "sweep.png", "summary.md", "thresholds.json", "exit_cache.pt"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    cache = load_exit_caches(tmp_path / "exit_cache.pt")["validation"]
+    n = 10  # the fixture's dev split
+    assert cache.logits.shape[:2] == (4, n) and cache.distances.shape[:2] == (3, n)
+    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert {r["rule"] for r in rows} == {"entropy", "maxprob", "patience", "pcee", "dr", "edr", "dge"}
+    row = [r for r in rows if r["rule"] == "edr"][len([r for r in rows if r["rule"] == "edr"]) // 2]
+    threshold, lam = float(row["threshold"]), json.loads(row["params"])["lam"]
+
+    exit_layers, correct = [], 0
+    for i in range(cache.logits.shape[1]):
+        layer = 4
+        for m in range(3):
+            p = torch.softmax(cache.logits[m, i], -1)
+            entropy = float(-(p * p.log()).sum() / torch.log(torch.tensor(2.0)))
+            c = int(p.argmax())
+            r1, r2 = float(cache.distances[m, i, c]), float(cache.distances[m, i, 1 - c])
+            dr = 0.5 * (1 + (r1 - r2) / max(r1, r2))
+            value = 0.0 if dr == 0 or entropy == 0 else (lam + 1) / (lam / dr + 1 / entropy)
+            if value < threshold:
+                layer = m + 1
+                break
+        exit_layers.append(layer)
+        correct += int(cache.logits[layer - 1, i].argmax() == cache.labels[i])
+    assert float(row["speedup"]) == pytest.approx(4 * n / sum(exit_layers))
+    assert float(row["accuracy"]) == pytest.approx(correct / n)
+    deploy = json.loads((tmp_path / "thresholds.json").read_text())
+    assert set(deploy["rules"]) == {r["rule"] for r in rows} and deploy["split"] == "validation"
+
+
+def test_mode_sweep_on_a_checkpoint_without_wandb(tiny_config, tmp_path):
+    train(tiny_config("task=mrpc"))
+    checkpoint = json.loads((tmp_path / "results.json").read_text())["checkpoint"]
+    (tmp_path / "sweep.csv").unlink()
+    cfg = tiny_config("mode=sweep", f"ckpt_path={checkpoint}", "~logger", "task=sst2")  # task comes from the checkpoint
+    with open_dict(cfg):
+        cfg.callbacks.model_checkpoint = None
+    score = sweep(cfg)
+    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert {"f1", "accuracy"} <= set(rows[0]) and 0.0 <= score <= 1.0
+    assert json.loads((tmp_path / "results.json").read_text())["task"] == "mrpc"
