@@ -12,10 +12,11 @@ from de3.errors import De3Error
 
 Row = tuple[int, dict[str, str]]  # (line number in the file, column -> value)
 
-FORMATS = {".tsv": "tsv", ".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".txt": "tsv"}
+FORMATS = {".tsv": "tsv", ".csv": "csv", ".json": "json", ".jsonl": "jsonl"}
 
 
-def _decode(path: Path) -> str:
+def decode_utf8(path: Path) -> str:
+    """The file's text; invalid UTF-8 is a De3Error naming the line."""
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig")
@@ -81,7 +82,7 @@ def read_rows(path: str | Path, column_names: Sequence[str] | None = None) -> li
         raise De3Error(f"{path}: unknown file type {path.suffix!r}; use one of {sorted(FORMATS)}")
     if not path.is_file():
         raise De3Error(f"data file not found: {path}")
-    text = _decode(path)
+    text = decode_utf8(path)
     if fmt in ("json", "jsonl"):
         return _read_json(path, text, lines=fmt == "jsonl")
     return _read_delimited(path, text, "\t" if fmt == "tsv" else ",", column_names)

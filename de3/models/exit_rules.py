@@ -147,19 +147,32 @@ def get_rule(name: str) -> ExitRule:
     return RULES[name]
 
 
+def _indicator(
+    rule: ExitRule, logits: torch.Tensor, distances: torch.Tensor | None, params: Mapping[str, Any]
+) -> torch.Tensor:
+    if rule.needs_distances and distances is None:
+        raise De3Error(f"exit rule {rule.name!r} needs prototype distances: train with loss=de3")
+    args = (logits, distances[: logits.shape[0]]) if rule.needs_distances else (logits,)
+    try:
+        return rule.indicator(*args, **params)
+    except TypeError as err:
+        raise De3Error(f"exit rule {rule.name!r}: bad parameters {dict(params)} ({err})") from None
+
+
 def rule_indicator(
     rule: ExitRule, logits: torch.Tensor, distances: torch.Tensor | None, params: Mapping[str, Any]
 ) -> torch.Tensor:
     """The rule's indicator for the internal layers: logits [L, N, C] (the last layer's row is
     ignored) → [L−1, N]. `params` are the rule's own parameters (λ, patience, window...)."""
-    if rule.needs_distances and distances is None:
-        raise De3Error(f"exit rule {rule.name!r} needs prototype distances: train with loss=de3")
-    internal = logits[:-1]
-    args = (internal, distances[: internal.shape[0]]) if rule.needs_distances else (internal,)
-    try:
-        return rule.indicator(*args, **params)
-    except TypeError as err:
-        raise De3Error(f"exit rule {rule.name!r}: bad parameters {dict(params)} ({err})") from None
+    return _indicator(rule, logits[:-1], distances, params)
+
+
+def layer_indicator(
+    rule: ExitRule, logits_so_far: torch.Tensor, distances_so_far: torch.Tensor | None, params: Mapping[str, Any]
+) -> torch.Tensor:
+    """The indicator at the newest layer, from the layers run so far: logits [m+1, n, C] (and
+    distances [m+1, n, C]) → [n]. Equal to row m of `rule_indicator` since rules are causal."""
+    return _indicator(rule, logits_so_far, distances_so_far, params)[-1]
 
 
 def first_exit(exits: torch.Tensor) -> torch.Tensor:

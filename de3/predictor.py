@@ -1,0 +1,173 @@
+"""Real early-exit inference: the backbone runs one layer at a time and each sample leaves the
+batch at the first layer where the exit rule lets it go, so later layers run only on the
+samples still undecided. The rules are the same functions the sweep simulates."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import DataCollatorWithPadding
+
+from de3.errors import De3Error
+from de3.metrics import predictions
+from de3.models.exit_rules import ExitRule, get_rule, layer_indicator
+from de3.models.module import MultiExitModule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExitPrediction:
+    """Per sample: `exit_layer` [N] (1-based), `logits` [N, C] of the exit that answered,
+    `prediction` [N] (class id, or the value for regression), `probability` [N] of that class
+    (None for regression)."""
+
+    exit_layer: torch.Tensor
+    logits: torch.Tensor
+    prediction: torch.Tensor
+    probability: torch.Tensor | None
+
+
+def thresholds_file_for(checkpoint: str | Path) -> Path:
+    """A run's `thresholds.json`: in the output directory above the checkpoints folder."""
+    return Path(checkpoint).expanduser().resolve().parent.parent / "thresholds.json"
+
+
+def threshold_for_speedup(path: str | Path, rule: str, target: float) -> float:
+    """The threshold that reached speed-up `target` for `rule` in a sweep's `thresholds.json`."""
+    path = Path(path)
+    if not path.is_file():
+        raise De3Error(f"exit.target_speedup needs the sweep's thresholds.json; none at {path}")
+    rules = json.loads(path.read_text())["rules"]
+    if rule not in rules:
+        raise De3Error(f"{path} has no thresholds for rule {rule!r}; it has {sorted(rules)}")
+    point = rules[rule]["thresholds"].get(str(float(target)))
+    if point is None:
+        known = [t for t, p in rules[rule]["thresholds"].items() if p is not None]
+        raise De3Error(f"{path}: rule {rule!r} has no threshold reaching {target}×; targets reached: {known}")
+    return float(point["threshold"])
+
+
+class EarlyExitPredictor:
+    """Early-exit inference with one rule and threshold on a trained `MultiExitModule`.
+
+    `predict(texts)` takes strings (or pairs of strings for pair tasks) and returns an
+    `ExitPrediction`; `predict_batch` does the same for a tokenized batch.
+    """
+
+    def __init__(
+        self,
+        module: MultiExitModule,
+        rule: str,
+        threshold: float,
+        params: Mapping[str, Any] | None = None,
+        max_seq_length: int = 128,
+        batch_size: int = 32,
+    ) -> None:
+        self.module = module.eval()
+        self.model = module.model
+        self.task = module.task
+        self.rule: ExitRule = get_rule(rule)
+        if not self.rule.supports(self.task.is_regression, self.model.prototypes is not None):
+            kind = "regression" if self.task.is_regression else "classification"
+            raise De3Error(f"exit rule {rule!r} does not apply to this model ({kind} task"
+                           f"{', no prototypes' if self.model.prototypes is None else ''})")
+        self.threshold = float(threshold)
+        self.params = dict(params or {})
+        self.max_seq_length = max_seq_length
+        self.batch_size = batch_size
+        self.collate = DataCollatorWithPadding(module.tokenizer)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        rule: str,
+        threshold: float | None = None,
+        target_speedup: float | None = None,
+        params: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> EarlyExitPredictor:
+        """Load a checkpoint; the threshold is given, or read for `target_speedup` from the
+        `thresholds.json` its training run's sweep wrote."""
+        if (threshold is None) == (target_speedup is None):
+            raise De3Error("give exactly one of exit.threshold and exit.target_speedup")
+        if threshold is None:
+            threshold = threshold_for_speedup(thresholds_file_for(path), rule, target_speedup)
+        return cls(MultiExitModule.from_checkpoint(path), rule, threshold, params, **kwargs)
+
+    @torch.no_grad()
+    def predict_batch(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> ExitPrediction:
+        backbone, prototypes = self.model.backbone, self.model.prototypes
+        num_layers, batch = self.model.num_layers, input_ids.shape[0]
+        hidden = backbone.embed(input_ids, token_type_ids)
+        layer_mask = backbone.attention_mask_for(hidden, attention_mask)
+        active = torch.arange(batch)  # original positions of the samples still running
+        history: list[torch.Tensor] = []  # per layer run: logits [n_active, C]
+        distances: list[torch.Tensor] = []
+        exit_layer = torch.full((batch,), num_layers, dtype=torch.long)
+        answer_logits: torch.Tensor | None = None
+        for m in range(num_layers):
+            hidden = backbone.layer(m, hidden, layer_mask)
+            logits, pooled = self.model.exit_logits(m, hidden, attention_mask)
+            if answer_logits is None:
+                answer_logits = logits.new_zeros(batch, logits.shape[-1])
+            if m == num_layers - 1:
+                answer_logits[active] = logits
+                break
+            history.append(logits)
+            if self.rule.needs_distances:
+                distances.append(prototypes.layer_distances(m, prototypes.map_layer(m, pooled)))
+            indicator = layer_indicator(self.rule, torch.stack(history),
+                                        torch.stack(distances) if distances else None, self.params)
+            leaving = self.rule.exits(indicator, self.threshold)
+            if leaving.any():
+                exit_layer[active[leaving]] = m + 1
+                answer_logits[active[leaving]] = logits[leaving]
+                staying = ~leaving
+                active, hidden, attention_mask = active[staying], hidden[staying], attention_mask[staying]
+                layer_mask = None if layer_mask is None else layer_mask[staying]
+                history = [h[staying] for h in history]
+                distances = [d[staying] for d in distances]
+                if len(active) == 0:
+                    break
+        regression = self.task.is_regression
+        probability = None if regression else torch.softmax(answer_logits.float(), -1).max(-1).values
+        return ExitPrediction(exit_layer, answer_logits, predictions(answer_logits, regression), probability)
+
+    def tokenize(self, texts: Sequence[str | Sequence[str]]) -> list[dict[str, Any]]:
+        """Strings (or pairs) → features truncated to `max_seq_length`; empty texts are refused."""
+        pairs = [(t,) if isinstance(t, str) else tuple(t) for t in texts]
+        expected = len(self.task.local.text_columns)
+        for index, pair in enumerate(pairs):
+            if len(pair) != expected:
+                raise De3Error(f"input {index}: task {self.task.name!r} takes {expected} text(s), got {len(pair)}")
+            if not all(text.strip() for text in pair):
+                raise De3Error(f"input {index}: empty text")
+        columns = [list(c) for c in zip(*pairs)]
+        full = self.module.tokenizer(*columns)["input_ids"]
+        too_long = sum(len(ids) > self.max_seq_length for ids in full)
+        if too_long:
+            log.warning("%d of %d inputs are longer than max_seq_length=%d tokens and were truncated",
+                        too_long, len(pairs), self.max_seq_length)
+        encoded = self.module.tokenizer(*columns, truncation=True, max_length=self.max_seq_length)
+        return [{key: encoded[key][i] for key in encoded} for i in range(len(pairs))]
+
+    def predict(self, texts: Sequence[str | Sequence[str]]) -> ExitPrediction:
+        """Early-exit predictions for raw texts, in batches of `batch_size`."""
+        features = self.tokenize(texts)
+        parts = []
+        for start in range(0, len(features), self.batch_size):
+            batch = self.collate(features[start:start + self.batch_size])
+            parts.append(self.predict_batch(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")))
+        probability = None if parts[0].probability is None else torch.cat([p.probability for p in parts])
+        return ExitPrediction(torch.cat([p.exit_layer for p in parts]), torch.cat([p.logits for p in parts]),
+                              torch.cat([p.prediction for p in parts]), probability)
