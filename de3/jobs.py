@@ -1,5 +1,5 @@
-"""The jobs behind `run.py`: `train` (fit, then evaluate and sweep the best checkpoint) and
-`sweep` (evaluate and sweep an existing checkpoint). Both print and save per-exit scores."""
+"""The jobs behind `run.py`: `train` (fit, then evaluate and sweep the best checkpoint),
+`sweep` (evaluate and sweep an existing checkpoint) and `predict` (real early exit)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,22 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
+from de3.data.inputs import read_inputs
+from de3.data.sources import load_split
 from de3.data.tasks import TaskSpec, task_from_config
 from de3.errors import De3Error
+from de3.flops import layer_speedup
 from de3.models.module import MultiExitModule
+from de3.predictor import EarlyExitPredictor
 from de3.results import print_results, save_results
+from de3.sweep import score
+from de3.utils.io import csv_text, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +94,54 @@ def sweep(cfg: DictConfig) -> float:
     return _report(cfg, model, trainer, str(cfg.ckpt_path), started)
 
 
-JOBS = {"train": train, "sweep": sweep}
+def _check_checkpoint_matches(module: MultiExitModule) -> None:
+    """A task or backbone named on the command line must be the checkpoint's own."""
+    given = dict(o.split("=", 1) for o in HydraConfig.get().overrides.task if "=" in o)
+    actual = {"task": module.task.name, "backbone": module.hparams.backbone["name"]}
+    for key, value in actual.items():
+        if key in given and given[key] != value:
+            raise De3Error(f"the checkpoint was trained with {key}={value}, not {key}={given[key]}")
+
+
+def predict(cfg: DictConfig) -> float:
+    """Real early exit over an input file or a split of the checkpoint's task; writes
+    `predictions.csv` (one row per input: prediction, probability, exit layer). Returns the
+    speed-up ratio achieved."""
+    if not cfg.get("ckpt_path"):
+        raise De3Error("mode=predict needs ckpt_path=/path/to/checkpoint.ckpt")
+    settings = cfg.predict
+    if (settings.input is None) == (settings.split is None):
+        raise De3Error("mode=predict needs exactly one of predict.input=FILE and predict.split=SPLIT")
+    predictor = EarlyExitPredictor.from_checkpoint(
+        cfg.ckpt_path, rule=cfg.exit.rule, threshold=cfg.exit.get("threshold"),
+        target_speedup=cfg.exit.get("target_speedup"), params=cfg.exit.params.get(cfg.exit.rule),
+        max_seq_length=cfg.data.max_seq_length, batch_size=cfg.data.eval_batch_size,
+    )
+    _check_checkpoint_matches(predictor.module)
+    task = predictor.task
+    if settings.input is not None:
+        examples = read_inputs(settings.input, settings.text_columns or task.local.text_columns)
+    else:
+        examples = load_split(task, settings.split, cfg.data.data_dir, cfg.data.source)
+    started = time.perf_counter()
+    out = predictor.predict([e.texts for e in examples])
+    elapsed = time.perf_counter() - started
+    speedup = layer_speedup(out.exit_layer, predictor.model.num_layers)
+    label = (lambda v: f"{v:.4f}") if task.is_regression else (lambda v: task.label_names[int(v)])
+    rows = [{"input": e.where, "prediction": label(p),
+             "probability": "" if out.probability is None else f"{out.probability[i]:.4f}",
+             "exit_layer": int(out.exit_layer[i])} for i, (e, p) in enumerate(zip(examples, out.prediction.tolist()))]
+    output = write_text_atomic(Path(cfg.paths.output_dir) / "predictions.csv", csv_text(rows))
+    log.info("%d inputs in %.2fs: rule %s, threshold %.6g, mean exit layer %.2f, speed-up ratio %.2f×; wrote %s",
+             len(rows), elapsed, predictor.rule.name, predictor.threshold, out.exit_layer.double().mean(), speedup, output)
+    if all(e.label is not None for e in examples):
+        labels = torch.tensor([e.label for e in examples])
+        for name, value in score(task, out.prediction, labels).items():
+            log.info("%s on %s: %.4f", name, settings.split or settings.input, value)
+    return speedup
+
+
+JOBS = {"train": train, "sweep": sweep, "predict": predict}
 
 
 def run(cfg: DictConfig) -> float:

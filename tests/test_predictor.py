@@ -108,3 +108,35 @@ def test_threshold_for_target_speedup(tmp_path):
         threshold_for_speedup(path, "dge", 1.5)
     with pytest.raises(De3Error, match="none at"):
         threshold_for_speedup(tmp_path / "missing.json", "edr", 1.5)
+
+
+def test_predict_mode_end_to_end(tiny_config, tmp_path):
+    from de3.errors import find_user_error
+    from de3.jobs import predict, train
+
+    train(tiny_config("task=rte", "backbone.config_overrides.num_hidden_layers=3"))
+    checkpoint = json.loads((tmp_path / "results.json").read_text())["checkpoint"]
+    inputs = tmp_path / "pairs.txt"
+    inputs.write_text("A man sleeps.\tSomeone rests.\nIt rains.\tThe street is wet.\n", encoding="utf-8")
+    base = ["mode=predict", f"ckpt_path={checkpoint}", "exit.rule=entropy"]
+
+    speedup = predict(tiny_config(*base, f"predict.input={inputs}", "exit.threshold=0.9999"))
+    rows = (tmp_path / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "input,prediction,probability,exit_layer" and len(rows) == 3
+    assert rows[1].startswith(f"{inputs}:1,") and rows[1].split(",")[1] in ("entailment", "not_entailment")
+    assert 1.0 <= speedup <= 3.0
+
+    deploy = json.loads((tmp_path / "thresholds.json").read_text())["rules"]["entropy"]["thresholds"]
+    reachable = [t for t, p in deploy.items() if p is not None]
+    predict(tiny_config(*base, "predict.split=validation", f"exit.target_speedup={reachable[0]}"))
+    assert len((tmp_path / "predictions.csv").read_text().splitlines()) == 11
+
+    (tmp_path / "bad.txt").write_bytes(b"fine\tok\ncaf\xe9\tok\n")
+    for overrides, message in [
+        ([f"predict.input={tmp_path / 'bad.txt'}", "exit.threshold=0.5"], "bad.txt:2: not valid UTF-8"),
+        ([f"predict.input={inputs}", "exit.threshold=0.5", "task=mrpc"], "trained with task=rte, not task=mrpc"),
+        (["predict.split=validation"], "exactly one of exit.threshold and exit.target_speedup"),
+    ]:
+        with pytest.raises(Exception) as info:
+            predict(tiny_config(*base, *overrides))
+        assert message in str(find_user_error(info.value))

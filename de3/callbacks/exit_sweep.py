@@ -3,8 +3,6 @@ written as files in the run's output directory and logged to W&B."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import time
@@ -20,7 +18,7 @@ from de3.exit_cache import ExitCache, collect_exit_cache, save_exit_caches
 from de3.flops import FlopsModel
 from de3.models.exit_rules import get_rule
 from de3.sweep import full_depth_scores, plot_sweep, summarize, summary_markdown, sweep_split
-from de3.utils.io import write_text_atomic
+from de3.utils.io import csv_text, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +31,6 @@ def flops_model(model: Any) -> FlopsModel:
         hidden_size=config.hidden_size, intermediate_size=config.intermediate_size, num_layers=model.num_layers,
         exit_head=model.exits[0].flops(), prototype=0 if prototypes is None else prototypes.flops_per_layer(),
     )
-
-
-def rows_csv(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 class ExitSweep(L.Callback):
@@ -94,7 +84,7 @@ class ExitSweep(L.Callback):
     def _write(self, rows, summary, full_depth, caches, metric: str, num_layers: int) -> None:
         out = self.output_dir
         save_exit_caches(out / "exit_cache.pt", caches)
-        write_text_atomic(out / "sweep.csv", rows_csv(rows))
+        write_text_atomic(out / "sweep.csv", csv_text(rows))
         plot_sweep(rows, metric, full_depth, num_layers, out / "sweep.png")
         write_text_atomic(out / "summary.md", summary_markdown(summary, metric, full_depth, self.target_speedups))
         first = next(iter(summary.values()))
