@@ -15,7 +15,6 @@ import statistics
 import time
 
 import torch
-from omegaconf import OmegaConf
 
 from benchmarks.per_exit_table import machine
 from de3.data.datamodule import TextTaskDataModule
@@ -23,16 +22,21 @@ from de3.models.module import MultiExitModule
 
 LOSSES = {
     "joint": ({"_target_": "de3.models.losses.JointLoss", "weighting": "ascending"}, None),
-    "de3": ({"_target_": "de3.models.losses.De3Loss", "weighting": "ascending", "alpha": 1.0, "tau": 1.0},
-            {"dim": None, "gamma": 0.1, "detach_backbone": False}),
+    "de3": (
+        {"_target_": "de3.models.losses.De3Loss", "weighting": "ascending", "alpha": 1.0, "tau": 1.0},
+        {"dim": None, "gamma": 0.1, "detach_backbone": False},
+    ),
 }
 
 
 def step_times(loss: dict, prototypes: dict | None, args, batch) -> tuple[float, MultiExitModule]:
     torch.manual_seed(0)
     module = MultiExitModule(
-        task={"name": "rte"}, backbone={"name": "minilm", "path": args.model_dir}, loss=loss,
-        exits={"pooling": "mean", "dropout": 0.1}, optimizer={"lr": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.0},
+        task={"name": "rte"},
+        backbone={"name": "minilm", "path": args.model_dir},
+        loss=loss,
+        exits={"pooling": "mean", "dropout": 0.1},
+        optimizer={"lr": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.0},
         prototypes=prototypes,
     )
     optimizer = torch.optim.AdamW(module.parameters(), lr=5e-5)
@@ -45,7 +49,7 @@ def step_times(loss: dict, prototypes: dict | None, args, batch) -> tuple[float,
         optimizer.zero_grad()
         module.on_train_batch_end(None, batch, 0)
         times.append(time.perf_counter() - started)
-    return statistics.median(times[args.warmup:]), module
+    return statistics.median(times[args.warmup :]), module
 
 
 def main() -> None:
@@ -55,11 +59,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
-    probe = MultiExitModule(task={"name": "rte"}, backbone={"name": "minilm", "path": args.model_dir},
-                            loss=LOSSES["joint"][0], exits={"pooling": "mean"},
-                            optimizer={"lr": 5e-5, "weight_decay": 0.0, "warmup_ratio": 0.0})
-    datamodule = TextTaskDataModule(probe.task, probe.tokenizer, data_dir=args.glue_dir, source="local",
-                                    batch_size=32, max_seq_length=128)
+    probe = MultiExitModule(
+        task={"name": "rte"},
+        backbone={"name": "minilm", "path": args.model_dir},
+        loss=LOSSES["joint"][0],
+        exits={"pooling": "mean"},
+        optimizer={"lr": 5e-5, "weight_decay": 0.0, "warmup_ratio": 0.0},
+    )
+    datamodule = TextTaskDataModule(
+        probe.task, probe.tokenizer, data_dir=args.glue_dir, source="local", batch_size=32, max_seq_length=128
+    )
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
     results = {name: step_times(loss, protos, args, batch) for name, (loss, protos) in LOSSES.items()}
@@ -72,24 +81,30 @@ def main() -> None:
     print(f"- Command: `python benchmarks/de3_overhead.py --steps {args.steps}`")
     print(f"- Machine: {machine()}")
     print(f"- Date: {datetime.date.today().isoformat()}")
-    print(f"- all-MiniLM-L6-v2 (6 layers, hidden 384), one batch of 32 RTE training pairs padded to "
-          f"{batch['input_ids'].shape[1]} tokens; median of {args.steps} steps after {args.warmup} warm-up steps\n")
+    print(
+        f"- all-MiniLM-L6-v2 (6 layers, hidden 384), one batch of 32 RTE training pairs padded to "
+        f"{batch['input_ids'].shape[1]} tokens; median of {args.steps} steps after {args.warmup} warm-up steps\n"
+    )
     print("| training scheme | step time (s) |")
     print("|---|---:|")
     print(f"| loss=joint | {joint_s:.3f} |")
     print(f"| loss=de3 | {de3_s:.3f} |")
     print(f"| **ratio de3 / joint** | **{de3_s / joint_s:.3f}×** |\n")
     internal = len(protos.mappings)
-    print(f"What DE³ adds per internal exit (there are L − 1 = {internal}), metric dimension "
-          f"d = {protos.dim}, C = {protos.prototypes.shape[1]}:\n")
+    print(
+        f"What DE³ adds per internal exit (there are L − 1 = {internal}), metric dimension "
+        f"d = {protos.dim}, C = {protos.prototypes.shape[1]}:\n"
+    )
     print("| | exit head alone | DE³ addition |")
     print("|---|---:|---:|")
     print(f"| trainable parameters | {head_params:,} | {mapping_params:,} (mapping layer) |")
     print(f"| buffers (prototypes) | — | {protos.prototypes[0].numel():,} values |")
     print(f"| FLOPs per sample at inference | {head.flops():,} | {protos.flops_per_layer():,} (mapping + distances) |")
     total = sum(p.numel() for p in de3_model.parameters())
-    print(f"\nWhole DE³ model: {total:,} parameters, of which {internal * mapping_params:,} "
-          f"({100 * internal * mapping_params / total:.2f}%) are mapping layers.")
+    print(
+        f"\nWhole DE³ model: {total:,} parameters, of which {internal * mapping_params:,} "
+        f"({100 * internal * mapping_params / total:.2f}%) are mapping layers."
+    )
 
 
 if __name__ == "__main__":

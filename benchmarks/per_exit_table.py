@@ -42,7 +42,8 @@ def main() -> None:
         for split, metrics in run["scores"].items():
             for metric, values in metrics.items():
                 cells = " | ".join(f"{100 * v:.1f}" for v in values)
-                print(f"| {run['task']} | {metric} | {cells} | {run['wall_time_s'] / 60:.1f} min |")
+                name = run["task"] if split == "validation" else f"{run['task']} ({split})"
+                print(f"| {name} | {metric} | {cells} | {run['wall_time_s'] / 60:.1f} min |")
 
 
 if __name__ == "__main__":

@@ -17,18 +17,25 @@ import time
 
 import torch
 
+from benchmarks.per_exit_table import machine
+from de3.callbacks.exit_sweep import flops_model
 from de3.data.datamodule import TextTaskDataModule
 from de3.data.tasks import GLUE_TASKS
 from de3.exit_cache import collect_exit_cache
-from de3.callbacks.exit_sweep import flops_model
 from de3.models.backbone import EncoderBackbone, load_encoder, load_tokenizer
 from de3.models.exits import pool
 from de3.models.multi_exit import MultiExitModel
 from de3.sweep import sweep_split
-from benchmarks.per_exit_table import machine
 
-RULES = {"entropy": {}, "maxprob": {}, "patience": {}, "pcee": {"patience": 2}, "dr": {}, "edr": {"lam": 1.0},
-         "dge": {"divergence": "js", "window": 1}}
+RULES = {
+    "entropy": {},
+    "maxprob": {},
+    "patience": {},
+    "pcee": {"patience": 2},
+    "dr": {},
+    "edr": {"lam": 1.0},
+    "dge": {"divergence": "js", "window": 1},
+}
 
 
 @torch.no_grad()
@@ -51,8 +58,12 @@ def main() -> None:
     torch.manual_seed(0)
     task = GLUE_TASKS[args.task]
     tokenizer = load_tokenizer("minilm", path=args.model_dir)
-    model = MultiExitModel(EncoderBackbone(load_encoder("minilm", path=args.model_dir)), task.num_outputs,
-                           pooling="mean", prototypes={"dim": None}).eval()
+    model = MultiExitModel(
+        EncoderBackbone(load_encoder("minilm", path=args.model_dir)),
+        task.num_outputs,
+        pooling="mean",
+        prototypes={"dim": None},
+    ).eval()
     model.prototypes.initialized.fill_(True)
     model.prototypes.prototypes.normal_()
     datamodule = TextTaskDataModule(task, tokenizer, data_dir=args.glue_dir, source="local", eval_batch_size=64)
@@ -75,8 +86,10 @@ def main() -> None:
     print(f"- Command: `python benchmarks/sweep_cost.py --task {args.task} --repeats {args.repeats}`")
     print(f"- Machine: {machine()}")
     print(f"- Date: {datetime.date.today().isoformat()}")
-    print(f"- Model: all-MiniLM-L6-v2 (6 layers) with DE³ prototypes; {task.name} dev, {n} samples, batch 64, "
-          f"max_seq_length 128; medians of {args.repeats} repeats\n")
+    print(
+        f"- Model: all-MiniLM-L6-v2 (6 layers) with DE³ prototypes; {task.name} dev, {n} samples, batch 64, "
+        f"max_seq_length 128; medians of {args.repeats} repeats\n"
+    )
     print("| what | seconds |")
     print("|---|---:|")
     print(f"| full-depth eval pass (final exit only) | {eval_s:.2f} |")

@@ -68,8 +68,13 @@ def collect_exit_cache(
     def cat(name: str, dim: int) -> torch.Tensor | None:
         return torch.cat(parts[name], dim) if parts[name] else None
 
-    return ExitCache(logits=cat("logits", 1), labels=cat("labels", 0), lengths=cat("lengths", 0),
-                     distances=cat("distances", 1), mapped=cat("mapped", 1))
+    return ExitCache(
+        logits=cat("logits", 1),
+        labels=cat("labels", 0),
+        lengths=cat("lengths", 0),
+        distances=cat("distances", 1),
+        mapped=cat("mapped", 1),
+    )
 
 
 def save_exit_caches(path: str | Path, caches: dict[str, ExitCache]) -> Path:

@@ -50,16 +50,26 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     return trainer
 
 
-def _report(cfg: DictConfig, model: MultiExitModule, trainer: L.Trainer, checkpoint: str | None, started: float) -> float:
+def _report(
+    cfg: DictConfig, model: MultiExitModule, trainer: L.Trainer, checkpoint: str | None, started: float
+) -> float:
     scores = model.eval_scores
     if trainer.is_global_zero:
         title = f"{model.task.name} · {model.hparams.backbone['name']} · per-exit dev scores (×100)"
         output_dir = Path(cfg.paths.output_dir)
         print_results(scores, title)
-        save_results(output_dir, scores, title, {
-            "task": model.task.name, "backbone": model.hparams.backbone["name"], "checkpoint": checkpoint,
-            "global_step": trainer.global_step, "wall_time_s": round(time.perf_counter() - started, 1),
-        })
+        save_results(
+            output_dir,
+            scores,
+            title,
+            {
+                "task": model.task.name,
+                "backbone": model.hparams.backbone["name"],
+                "checkpoint": checkpoint,
+                "global_step": trainer.global_step,
+                "wall_time_s": round(time.perf_counter() - started, 1),
+            },
+        )
         log.info("results written to %s", output_dir)
     return scores[model.task.eval_splits[0]][model.task.main_metric][-1]
 
@@ -113,9 +123,13 @@ def predict(cfg: DictConfig) -> float:
     if (settings.input is None) == (settings.split is None):
         raise De3Error("mode=predict needs exactly one of predict.input=FILE and predict.split=SPLIT")
     predictor = EarlyExitPredictor.from_checkpoint(
-        cfg.ckpt_path, rule=cfg.exit.rule, threshold=cfg.exit.get("threshold"),
-        target_speedup=cfg.exit.get("target_speedup"), params=cfg.exit.params.get(cfg.exit.rule),
-        max_seq_length=cfg.data.max_seq_length, batch_size=cfg.data.eval_batch_size,
+        cfg.ckpt_path,
+        rule=cfg.exit.rule,
+        threshold=cfg.exit.get("threshold"),
+        target_speedup=cfg.exit.get("target_speedup"),
+        params=cfg.exit.params.get(cfg.exit.rule),
+        max_seq_length=cfg.data.max_seq_length,
+        batch_size=cfg.data.eval_batch_size,
     )
     _check_checkpoint_matches(predictor.module)
     task = predictor.task
@@ -128,12 +142,26 @@ def predict(cfg: DictConfig) -> float:
     elapsed = time.perf_counter() - started
     speedup = layer_speedup(out.exit_layer, predictor.model.num_layers)
     label = (lambda v: f"{v:.4f}") if task.is_regression else (lambda v: task.label_names[int(v)])
-    rows = [{"input": e.where, "prediction": label(p),
-             "probability": "" if out.probability is None else f"{out.probability[i]:.4f}",
-             "exit_layer": int(out.exit_layer[i])} for i, (e, p) in enumerate(zip(examples, out.prediction.tolist()))]
+    rows = [
+        {
+            "input": e.where,
+            "prediction": label(p),
+            "probability": "" if out.probability is None else f"{out.probability[i]:.4f}",
+            "exit_layer": int(out.exit_layer[i]),
+        }
+        for i, (e, p) in enumerate(zip(examples, out.prediction.tolist()))
+    ]
     output = write_text_atomic(Path(cfg.paths.output_dir) / "predictions.csv", csv_text(rows))
-    log.info("%d inputs in %.2fs: rule %s, threshold %.6g, mean exit layer %.2f, speed-up ratio %.2f×; wrote %s",
-             len(rows), elapsed, predictor.rule.name, predictor.threshold, out.exit_layer.double().mean(), speedup, output)
+    log.info(
+        "%d inputs in %.2fs: rule %s, threshold %.6g, mean exit layer %.2f, speed-up ratio %.2f×; wrote %s",
+        len(rows),
+        elapsed,
+        predictor.rule.name,
+        predictor.threshold,
+        out.exit_layer.double().mean(),
+        speedup,
+        output,
+    )
     if all(e.label is not None for e in examples):
         labels = torch.tensor([e.label for e in examples])
         for name, value in score(task, out.prediction, labels).items():

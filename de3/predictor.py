@@ -76,8 +76,10 @@ class EarlyExitPredictor:
         self.rule: ExitRule = get_rule(rule)
         if not self.rule.supports(self.task.is_regression, self.model.prototypes is not None):
             kind = "regression" if self.task.is_regression else "classification"
-            raise De3Error(f"exit rule {rule!r} does not apply to this model ({kind} task"
-                           f"{', no prototypes' if self.model.prototypes is None else ''})")
+            raise De3Error(
+                f"exit rule {rule!r} does not apply to this model ({kind} task"
+                f"{', no prototypes' if self.model.prototypes is None else ''})"
+            )
         self.threshold = float(threshold)
         self.params = dict(params or {})
         self.max_seq_length = max_seq_length
@@ -126,8 +128,9 @@ class EarlyExitPredictor:
             history.append(logits)
             if self.rule.needs_distances:
                 distances.append(prototypes.layer_distances(m, prototypes.map_layer(m, pooled)))
-            indicator = layer_indicator(self.rule, torch.stack(history),
-                                        torch.stack(distances) if distances else None, self.params)
+            indicator = layer_indicator(
+                self.rule, torch.stack(history), torch.stack(distances) if distances else None, self.params
+            )
             leaving = self.rule.exits(indicator, self.threshold)
             if leaving.any():
                 exit_layer[active[leaving]] = m + 1
@@ -156,8 +159,12 @@ class EarlyExitPredictor:
         full = self.module.tokenizer(*columns)["input_ids"]
         too_long = sum(len(ids) > self.max_seq_length for ids in full)
         if too_long:
-            log.warning("%d of %d inputs are longer than max_seq_length=%d tokens and were truncated",
-                        too_long, len(pairs), self.max_seq_length)
+            log.warning(
+                "%d of %d inputs are longer than max_seq_length=%d tokens and were truncated",
+                too_long,
+                len(pairs),
+                self.max_seq_length,
+            )
         encoded = self.module.tokenizer(*columns, truncation=True, max_length=self.max_seq_length)
         return [{key: encoded[key][i] for key in encoded} for i in range(len(pairs))]
 
@@ -166,8 +173,12 @@ class EarlyExitPredictor:
         features = self.tokenize(texts)
         parts = []
         for start in range(0, len(features), self.batch_size):
-            batch = self.collate(features[start:start + self.batch_size])
+            batch = self.collate(features[start : start + self.batch_size])
             parts.append(self.predict_batch(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")))
         probability = None if parts[0].probability is None else torch.cat([p.probability for p in parts])
-        return ExitPrediction(torch.cat([p.exit_layer for p in parts]), torch.cat([p.logits for p in parts]),
-                              torch.cat([p.prediction for p in parts]), probability)
+        return ExitPrediction(
+            torch.cat([p.exit_layer for p in parts]),
+            torch.cat([p.logits for p in parts]),
+            torch.cat([p.prediction for p in parts]),
+            probability,
+        )

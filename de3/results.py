@@ -22,8 +22,12 @@ def results_markdown(scores: Scores, title: str) -> str:
     """A markdown table: one row per exit, one column per (split, metric)."""
     columns = _columns(scores)
     num_exits = len(next(iter(next(iter(scores.values())).values())))
-    lines = [f"### {title}", "", "| exit | " + " | ".join(f"{s} {m}" for s, m in columns) + " |",
-             "|---:|" + "---:|" * len(columns)]
+    lines = [
+        f"### {title}",
+        "",
+        "| exit | " + " | ".join(f"{s} {m}" for s, m in columns) + " |",
+        "|---:|" + "---:|" * len(columns),
+    ]
     for layer in range(num_exits):
         lines.append(f"| {layer + 1} | " + " | ".join(f"{100 * scores[s][m][layer]:.2f}" for s, m in columns) + " |")
     return "\n".join(lines) + "\n"

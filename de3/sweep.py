@@ -27,7 +27,9 @@ from de3.models.exit_rules import RULES, ExitRule, decide, rule_indicator  # noq
 Row = dict[str, Any]
 
 
-def threshold_grid(rule: ExitRule, indicator: torch.Tensor, num_thresholds: int, extra: Sequence[float] = ()) -> list[float]:
+def threshold_grid(
+    rule: ExitRule, indicator: torch.Tensor, num_thresholds: int, extra: Sequence[float] = ()
+) -> list[float]:
     """Thresholds spanning "nobody exits early" to "everyone exits as early as the rule allows":
     quantiles of the rule's finite indicator values plus just above the largest; for counting
     rules (patience) every count 1..L−1. `extra` thresholds are added as given."""
@@ -51,10 +53,15 @@ def score(task: TaskSpec, predicted: torch.Tensor, labels: torch.Tensor) -> dict
     return {name: float(make_metric(name, task.num_outputs)(predicted, labels)) for name in task.metrics}
 
 
-def applicable_rules(task: TaskSpec, cache: ExitCache, rules: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+def applicable_rules(
+    task: TaskSpec, cache: ExitCache, rules: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Mapping[str, Any]]:
     """The configured rules (name → params) that this task and cache support."""
-    return {name: params for name, params in rules.items()
-            if RULES[name].supports(task.is_regression, cache.distances is not None)}
+    return {
+        name: params
+        for name, params in rules.items()
+        if RULES[name].supports(task.is_regression, cache.distances is not None)
+    }
 
 
 def sweep_split(
@@ -74,14 +81,18 @@ def sweep_split(
         indicator = rule_indicator(rule, cache.logits, cache.distances, params)
         for threshold in threshold_grid(rule, indicator, num_thresholds, (extra_thresholds or {}).get(name, ())):
             layers, answers = decide(rule, cache.logits, indicator, threshold, task.is_regression)
-            rows.append({
-                "split": split, "rule": name, "params": json.dumps(dict(params), sort_keys=True),
-                "threshold": threshold,
-                "speedup": layer_speedup(layers, cache.num_layers),
-                "mean_exit_layer": float(layers.double().mean()),
-                "flops_speedup": flops.speedup(layers, cache.lengths, rule.needs_distances),
-                **score(task, answers, cache.labels),
-            })
+            rows.append(
+                {
+                    "split": split,
+                    "rule": name,
+                    "params": json.dumps(dict(params), sort_keys=True),
+                    "threshold": threshold,
+                    "speedup": layer_speedup(layers, cache.num_layers),
+                    "mean_exit_layer": float(layers.double().mean()),
+                    "flops_speedup": flops.speedup(layers, cache.lengths, rule.needs_distances),
+                    **score(task, answers, cache.labels),
+                }
+            )
     return rows
 
 
@@ -92,8 +103,10 @@ def full_depth_scores(task: TaskSpec, cache: ExitCache) -> dict[str, float]:
 
 def pareto_mask(speedups: Sequence[float], scores: Sequence[float]) -> list[bool]:
     """True for points no other point beats on both speed-up and score."""
-    return [not any((s2 >= s and v2 >= v) and (s2 > s or v2 > v) for s2, v2 in zip(speedups, scores))
-            for s, v in zip(speedups, scores)]
+    return [
+        not any((s2 >= s and v2 >= v) and (s2 > s or v2 > v) for s2, v2 in zip(speedups, scores))
+        for s, v in zip(speedups, scores)
+    ]
 
 
 def _frontier_area(points: list[tuple[float, float]], upto: float) -> float:
@@ -118,8 +131,10 @@ def summarize(rows: list[Row], metric: str, targets: Sequence[float]) -> dict[st
     the rule's Pareto frontier over the speed-ups every rule reaches."""
     summary: dict[str, dict[str, Any]] = {}
     for split in dict.fromkeys(r["split"] for r in rows):
-        by_rule = {rule: [r for r in rows if r["split"] == split and r["rule"] == rule]
-                   for rule in dict.fromkeys(r["rule"] for r in rows if r["split"] == split)}
+        by_rule = {
+            rule: [r for r in rows if r["split"] == split and r["rule"] == rule]
+            for rule in dict.fromkeys(r["rule"] for r in rows if r["split"] == split)
+        }
         common = min(max(r["speedup"] for r in rule_rows) for rule_rows in by_rule.values())
         summary[split] = {"auc_range": [1.0, common], "rules": {}}
         for rule, rule_rows in by_rule.items():
@@ -127,24 +142,34 @@ def summarize(rows: list[Row], metric: str, targets: Sequence[float]) -> dict[st
             points = [(r["speedup"], r[metric]) for r in rule_rows]
             summary[split]["rules"][rule] = {
                 "params": json.loads(rule_rows[0]["params"]),
-                "targets": {t: None if r is None else {"threshold": r["threshold"], "speedup": r["speedup"],
-                                                       metric: r[metric]} for t, r in at.items()},
+                "targets": {
+                    t: None if r is None else {"threshold": r["threshold"], "speedup": r["speedup"], metric: r[metric]}
+                    for t, r in at.items()
+                },
                 "auc": _frontier_area(points, common) if common > 1.0 else None,
             }
     return summary
 
 
-def summary_markdown(summary: dict[str, dict[str, Any]], metric: str, full_depth: Mapping[str, Mapping[str, float]],
-                     targets: Sequence[float]) -> str:
+def summary_markdown(
+    summary: dict[str, dict[str, Any]],
+    metric: str,
+    full_depth: Mapping[str, Mapping[str, float]],
+    targets: Sequence[float],
+) -> str:
     """`summary.md`: per split, each rule's score at the target speed-ups and its frontier area."""
     lines = ["# Early-exit sweep", ""]
     for split, info in summary.items():
         low, high = info["auc_range"]
-        lines += [f"## {split} — {metric} ×100 (full depth: {100 * full_depth[split][metric]:.2f})", "",
-                  "Score at the slowest threshold reaching each speed-up (actual speed-up in brackets); "
-                  f"AUC: mean best score over speed-ups {low:.2f}×–{high:.2f}×.", "",
-                  "| rule | params | " + " | ".join(f"{t}×" for t in targets) + " | AUC |",
-                  "|---|---|" + "---:|" * (len(targets) + 1)]
+        lines += [
+            f"## {split} — {metric} ×100 (full depth: {100 * full_depth[split][metric]:.2f})",
+            "",
+            "Score at the slowest threshold reaching each speed-up (actual speed-up in brackets); "
+            f"AUC: mean best score over speed-ups {low:.2f}×–{high:.2f}×.",
+            "",
+            "| rule | params | " + " | ".join(f"{t}×" for t in targets) + " | AUC |",
+            "|---|---|" + "---:|" * (len(targets) + 1),
+        ]
         for rule, entry in info["rules"].items():
             cells = []
             for t in targets:
@@ -157,14 +182,18 @@ def summary_markdown(summary: dict[str, dict[str, Any]], metric: str, full_depth
     return "\n".join(lines)
 
 
-def plot_sweep(rows: list[Row], metric: str, full_depth: Mapping[str, Mapping[str, float]], num_layers: int, path: Any) -> None:
+def plot_sweep(
+    rows: list[Row], metric: str, full_depth: Mapping[str, Mapping[str, float]], num_layers: int, path: Any
+) -> None:
     """`sweep.png`: per split, the metric against speed-up, one curve per rule, Pareto points filled."""
     splits = list(dict.fromkeys(r["split"] for r in rows))
     fig, axes = plt.subplots(1, len(splits), figsize=(7 * len(splits), 5), squeeze=False)
     colours = plt.get_cmap("tab10")
     for ax, split in zip(axes[0], splits):
         for index, rule in enumerate(dict.fromkeys(r["rule"] for r in rows)):
-            rule_rows = sorted((r for r in rows if r["split"] == split and r["rule"] == rule), key=lambda r: r["speedup"])
+            rule_rows = sorted(
+                (r for r in rows if r["split"] == split and r["rule"] == rule), key=lambda r: r["speedup"]
+            )
             if not rule_rows:
                 continue
             xs = [r["speedup"] for r in rule_rows]
@@ -172,8 +201,15 @@ def plot_sweep(rows: list[Row], metric: str, full_depth: Mapping[str, Mapping[st
             front = pareto_mask(xs, ys)
             colour = colours(index)
             ax.plot(xs, ys, color=colour, alpha=0.35, linewidth=1)
-            ax.plot([x for x, f in zip(xs, front) if f], [y for y, f in zip(ys, front) if f], "o-", color=colour,
-                    markersize=4, linewidth=1.8, label=rule)
+            ax.plot(
+                [x for x, f in zip(xs, front) if f],
+                [y for y, f in zip(ys, front) if f],
+                "o-",
+                color=colour,
+                markersize=4,
+                linewidth=1.8,
+                label=rule,
+            )
         ax.axhline(100 * full_depth[split][metric], color="black", linestyle="--", linewidth=1, label="full depth")
         ax.set_xlim(1, num_layers)
         ax.set_xlabel("speed-up ratio  L·N / Σ exit layers")

@@ -50,8 +50,13 @@ def tiny_config(tmp_path: Path, glue_dir: Path):
     """A function: overrides → the real config on fake GLUE, tiny_bert, a few CPU steps, csv logger."""
 
     def make(*overrides: str) -> DictConfig:
-        base = ["backbone=tiny_bert", "debug=fast", f"data.data_dir={glue_dir}", "data.batch_size=8",
-                "callbacks.progress_bar=null"]
+        base = [
+            "backbone=tiny_bert",
+            "debug=fast",
+            f"data.data_dir={glue_dir}",
+            "data.batch_size=8",
+            "callbacks.progress_bar=null",
+        ]
         return compose_config([*base, *overrides], tmp_path)
 
     yield make

@@ -5,16 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 SENTENCES = [
-    "a gripping, funny film.", "dull and far too long.", "The cat sat on the mat.",
-    "Nobody came to the party.", "it is \"quoted\" text", "Prices rose sharply in May.",
-    "She reads books every night.", "The river flooded the town.",
+    "a gripping, funny film.",
+    "dull and far too long.",
+    "The cat sat on the mat.",
+    "Nobody came to the party.",
+    'it is "quoted" text',
+    "Prices rose sharply in May.",
+    "She reads books every night.",
+    "The river flooded the town.",
 ]
 
 # (folder, header or None, rows builder, split file names) for each task.
 LABELS = {
-    "cola": ["0", "1"], "sst2": ["0", "1"], "mrpc": ["0", "1"], "qqp": ["0", "1"],
-    "mnli": ["entailment", "neutral", "contradiction"], "qnli": ["entailment", "not_entailment"],
-    "rte": ["entailment", "not_entailment"], "wnli": ["0", "1"],
+    "cola": ["0", "1"],
+    "sst2": ["0", "1"],
+    "mrpc": ["0", "1"],
+    "qqp": ["0", "1"],
+    "mnli": ["entailment", "neutral", "contradiction"],
+    "qnli": ["entailment", "not_entailment"],
+    "rte": ["entailment", "not_entailment"],
+    "wnli": ["0", "1"],
 }
 
 
@@ -32,16 +42,32 @@ def _labelled_rows(task: str, n: int) -> tuple[list[str] | None, list[list[str]]
         return ["sentence", "label"], [[_s(i), label(i)] for i in range(n)]
     if task == "mrpc":
         return ["\ufeffQuality", "#1 ID", "#2 ID", "#1 String", "#2 String"], [
-            [label(i), str(100 + i), str(200 + i), _s(i), _s(i + 1)] for i in range(n)]
+            [label(i), str(100 + i), str(200 + i), _s(i), _s(i + 1)] for i in range(n)
+        ]
     if task == "stsb":
-        return (["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score"],
-                [[str(i), "main", "f", "2012", str(i), "none", "none", _s(i), _s(i + 2), label(i)] for i in range(n)])
+        return (
+            [
+                "index",
+                "genre",
+                "filename",
+                "year",
+                "old_index",
+                "source1",
+                "source2",
+                "sentence1",
+                "sentence2",
+                "score",
+            ],
+            [[str(i), "main", "f", "2012", str(i), "none", "none", _s(i), _s(i + 2), label(i)] for i in range(n)],
+        )
     if task == "qqp":
         return ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"], [
-            [str(i), str(i), str(i + 1), _s(i), _s(i + 3), label(i)] for i in range(n)]
+            [str(i), str(i), str(i + 1), _s(i), _s(i + 3), label(i)] for i in range(n)
+        ]
     if task == "mnli":
         return ["index", "promptID", "pairID", "genre", "sentence1", "sentence2", "label1", "gold_label"], [
-            [str(i), str(i), f"{i}e", "fiction", _s(i), _s(i + 1), label(i), label(i)] for i in range(n)]
+            [str(i), str(i), f"{i}e", "fiction", _s(i), _s(i + 1), label(i), label(i)] for i in range(n)
+        ]
     if task == "qnli":
         return ["index", "question", "sentence", "label"], [[str(i), _s(i), _s(i + 1), label(i)] for i in range(n)]
     return ["index", "sentence1", "sentence2", "label"], [[str(i), _s(i), _s(i + 1), label(i)] for i in range(n)]
@@ -67,8 +93,17 @@ def _write(path: Path, header: list[str] | None, rows: list[list[str]]) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-FOLDERS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP",
-           "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
+FOLDERS = {
+    "cola": "CoLA",
+    "sst2": "SST-2",
+    "mrpc": "MRPC",
+    "stsb": "STS-B",
+    "qqp": "QQP",
+    "mnli": "MNLI",
+    "qnli": "QNLI",
+    "rte": "RTE",
+    "wnli": "WNLI",
+}
 
 
 def write_glue(root: Path, n_train: int = 24, n_eval: int = 10) -> Path:

@@ -11,16 +11,27 @@ from tests.conftest import MINILM_DIR, needs_minilm
 
 
 def _batch(tokenizer):
-    return tokenizer(["a short one", "a much longer sentence with padding behind it"], ["pair", "b"],
-                     padding=True, return_tensors="pt")
+    return tokenizer(
+        ["a short one", "a much longer sentence with padding behind it"],
+        ["pair", "b"],
+        padding=True,
+        return_tensors="pt",
+    )
 
 
 @pytest.mark.parametrize("model_type, config_class", [("bert", BertConfig), ("roberta", RobertaConfig)])
 def test_layer_by_layer_equals_hf_forward(model_type, config_class):
     torch.manual_seed(0)
     tokenizer = CHAR_TOKENIZERS[model_type]()
-    config = config_class(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=64, pad_token_id=tokenizer.pad_token_id, max_position_embeddings=514)
+    config = config_class(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=514,
+    )
     hf_model = AutoModel.from_config(config).eval()
     batch = _batch(tokenizer)
     expected = hf_model(**batch, output_hidden_states=True).hidden_states[1:]
@@ -32,9 +43,13 @@ def test_layer_by_layer_equals_hf_forward(model_type, config_class):
 
 def test_random_tiny_encoder_from_model_type():
     tokenizer = load_tokenizer("tiny", model_type="bert")
-    encoder = load_encoder("tiny", model_type="bert", random_init=True, tokenizer=tokenizer,
-                           config_overrides={"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
-                                             "intermediate_size": 64})
+    encoder = load_encoder(
+        "tiny",
+        model_type="bert",
+        random_init=True,
+        tokenizer=tokenizer,
+        config_overrides={"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},
+    )
     backbone = EncoderBackbone(encoder)
     assert backbone.num_layers == 2 and backbone.hidden_size == 32
     assert encoder.config.vocab_size == len(tokenizer)

@@ -68,9 +68,15 @@ def test_max_seq_length_truncates(glue_dir, char_tokenizer):
 def test_custom_csv_task(tmp_path, char_tokenizer):
     (tmp_path / "train.csv").write_text("review,stars\ngreat,pos\nawful,neg\nfine,pos\n", encoding="utf-8")
     (tmp_path / "dev.jsonl").write_text('{"review": "good", "stars": "pos"}\n{"review": "bad", "stars": 0}\n')
-    task = task_from_config({"name": "reviews", "files": {"train": str(tmp_path / "train.csv"),
-                                                          "validation": str(tmp_path / "dev.jsonl")},
-                             "text_columns": ["review"], "label_column": "stars", "label_names": ["neg", "pos"]})
+    task = task_from_config(
+        {
+            "name": "reviews",
+            "files": {"train": str(tmp_path / "train.csv"), "validation": str(tmp_path / "dev.jsonl")},
+            "text_columns": ["review"],
+            "label_column": "stars",
+            "label_names": ["neg", "pos"],
+        }
+    )
     dm = TextTaskDataModule(task, char_tokenizer, batch_size=8)
     dm.setup("fit")
     assert [f["labels"] for f in dm.datasets["train"]] == [1, 0, 1]
@@ -94,10 +100,17 @@ def test_bad_data_errors_name_the_place(tmp_path, glue_dir):
 
 
 @needs_glue
-@pytest.mark.parametrize("name, train_rows, dev_rows", [
-    ("cola", 8551, 1043), ("sst2", 67349, 872), ("mrpc", 3668, 408), ("stsb", 5749, 1500),
-    ("rte", 2490, 277), ("wnli", 635, 71),
-])
+@pytest.mark.parametrize(
+    "name, train_rows, dev_rows",
+    [
+        ("cola", 8551, 1043),
+        ("sst2", 67349, 872),
+        ("mrpc", 3668, 408),
+        ("stsb", 5749, 1500),
+        ("rte", 2490, 277),
+        ("wnli", 635, 71),
+    ],
+)
 def test_real_glue_files_read_completely(name, train_rows, dev_rows):
     task = GLUE_TASKS[name]
     assert len(load_split(task, "train", GLUE_DIR, "local")) == train_rows

@@ -2,19 +2,18 @@
 
 import json
 import math
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from de3.errors import De3Error
+from de3.jobs import train
 from de3.models.indicators import distance_ratio, edr, normalized_entropy
 from de3.models.losses import De3Loss
 from de3.models.module import MultiExitModule
 from de3.models.multi_exit import MultiExitOutput
 from de3.models.prototypes import PrototypicalNetworks, dar_loss, euclidean_distances
-from de3.jobs import train
 
 
 def test_normalized_entropy_hand_values():
@@ -88,8 +87,10 @@ def test_dar_loss_hand_value_and_single_class_batch():
     distances = torch.tensor([[[1.0, 2.0], [0.5, 0.5]]])  # [1, B=2, C=2]
     labels = torch.tensor([0, 1])
     tau = 0.5
-    expected = (F.cross_entropy(torch.tensor([[-2.0, -4.0]]), torch.tensor([0]))
-                + F.cross_entropy(torch.tensor([[-1.0, -1.0]]), torch.tensor([1]))) / 2
+    expected = (
+        F.cross_entropy(torch.tensor([[-2.0, -4.0]]), torch.tensor([0]))
+        + F.cross_entropy(torch.tensor([[-1.0, -1.0]]), torch.tensor([1]))
+    ) / 2
     assert dar_loss(distances, labels, tau).item() == pytest.approx(expected.item())
     one_class = dar_loss(torch.tensor([[[1.0, float("inf")]]]), torch.tensor([0]), 1.0)
     assert one_class.item() == 0.0
@@ -103,12 +104,13 @@ def test_distance_gradient_is_finite_at_zero():
 
 def test_de3_loss_adds_alpha_dar():
     torch.manual_seed(0)
-    output = MultiExitOutput(logits=torch.randn(3, 4, 2), pooled=torch.zeros(3, 4, 8),
-                             distances=torch.rand(2, 4, 2))
+    output = MultiExitOutput(logits=torch.randn(3, 4, 2), pooled=torch.zeros(3, 4, 8), distances=torch.rand(2, 4, 2))
     labels = torch.tensor([0, 1, 0, 1])
     joint = De3Loss(alpha=0.0)(output, labels, regression=False)["loss"]
     parts = De3Loss(alpha=2.0, tau=0.5)(output, labels, regression=False)
-    assert parts["loss"].item() == pytest.approx(joint.item() + 2.0 * dar_loss(output.distances, labels, 0.5).mean().item())
+    assert parts["loss"].item() == pytest.approx(
+        joint.item() + 2.0 * dar_loss(output.distances, labels, 0.5).mean().item()
+    )
     with pytest.raises(De3Error, match="loss=de3 needs prototypes"):
         De3Loss()(MultiExitOutput(output.logits, output.pooled), labels, regression=False)
 
@@ -129,4 +131,5 @@ def test_de3_on_regression_is_a_clear_error(tiny_config):
     with pytest.raises(Exception) as info:
         train(tiny_config("task=stsb", "loss=de3"))
     from de3.errors import find_user_error
+
     assert "prototypes (loss=de3) need classes" in str(find_user_error(info.value))

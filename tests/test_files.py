@@ -18,7 +18,8 @@ def test_headerless_tsv_takes_given_names(tmp_path):
     path = tmp_path / "cola.tsv"
     path.write_text("gj04\t1\t\tA sentence.", encoding="utf-8")  # no final newline, as in CoLA dev
     assert read_rows(path, ["source", "label", "orig", "sentence"]) == [
-        (1, {"source": "gj04", "label": "1", "orig": "", "sentence": "A sentence."})]
+        (1, {"source": "gj04", "label": "1", "orig": "", "sentence": "A sentence."})
+    ]
 
 
 def test_malformed_row_names_file_and_line(tmp_path):

@@ -44,9 +44,13 @@ def test_joint_loss_is_the_weighted_mean_of_exit_losses():
 
 def test_multi_exit_model_outputs_every_exit():
     tokenizer = load_tokenizer("tiny", model_type="bert")
-    encoder = load_encoder("tiny", model_type="bert", random_init=True, tokenizer=tokenizer,
-                           config_overrides={"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
-                                             "intermediate_size": 64})
+    encoder = load_encoder(
+        "tiny",
+        model_type="bert",
+        random_init=True,
+        tokenizer=tokenizer,
+        config_overrides={"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},
+    )
     model = MultiExitModel(EncoderBackbone(encoder), num_outputs=3, pooling="mean").eval()
     batch = tokenizer(["one", "two words"], padding=True, return_tensors="pt")
     out = model(**batch)

@@ -20,8 +20,11 @@ PARAMS = {"edr": {"lam": 1.0}, "pcee": {"patience": 2}, "dge": {"divergence": "j
 def make_module(task: str, backbone: dict) -> MultiExitModule:
     torch.manual_seed(0)
     module = MultiExitModule(
-        task={"name": task}, backbone=backbone, loss={"_target_": "de3.models.losses.JointLoss"},
-        exits={"pooling": backbone.pop("pooling", "cls")}, optimizer={"lr": 1e-4, "weight_decay": 0.0, "warmup_ratio": 0.0},
+        task={"name": task},
+        backbone=backbone,
+        loss={"_target_": "de3.models.losses.JointLoss"},
+        exits={"pooling": backbone.pop("pooling", "cls")},
+        optimizer={"lr": 1e-4, "weight_decay": 0.0, "warmup_ratio": 0.0},
         prototypes=None if GLUE_TASKS[task].is_regression else {"dim": 16},
     ).eval()
     if module.model.prototypes is not None:
@@ -31,9 +34,17 @@ def make_module(task: str, backbone: dict) -> MultiExitModule:
 
 
 def tiny_backbone(layers=4):
-    return {"name": "tiny_bert", "model_type": "bert", "random_init": True,
-            "config_overrides": {"num_hidden_layers": layers, "hidden_size": 32, "num_attention_heads": 2,
-                                 "intermediate_size": 64}}
+    return {
+        "name": "tiny_bert",
+        "model_type": "bert",
+        "random_init": True,
+        "config_overrides": {
+            "num_hidden_layers": layers,
+            "hidden_size": 32,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+        },
+    }
 
 
 def assert_real_equals_simulated(module, loader, quantiles=(0.05, 0.3, 0.6)):
@@ -53,7 +64,9 @@ def assert_real_equals_simulated(module, loader, quantiles=(0.05, 0.3, 0.6)):
         for threshold in thresholds:
             layers, answers = decide(rule, cache.logits, indicator, threshold, regression)
             predictor = EarlyExitPredictor(module, rule.name, threshold, params)
-            real = [predictor.predict_batch(b["input_ids"], b["attention_mask"], b.get("token_type_ids")) for b in loader]
+            real = [
+                predictor.predict_batch(b["input_ids"], b["attention_mask"], b.get("token_type_ids")) for b in loader
+            ]
             real_layers = torch.cat([r.exit_layer for r in real])
             real_answers = torch.cat([r.prediction for r in real])
             assert torch.equal(real_layers, layers), (rule.name, threshold)
@@ -76,8 +89,9 @@ def test_tiny_model_real_exit_matches_simulation(task, glue_dir, char_tokenizer)
 @needs_glue
 def test_real_minilm_exit_matches_simulation():
     module = make_module("sst2", {"name": "minilm", "path": str(MINILM_DIR), "pooling": "mean"})
-    dm = TextTaskDataModule(module.task, module.tokenizer, data_dir=GLUE_DIR, source="local", eval_limit=96,
-                            eval_batch_size=32)
+    dm = TextTaskDataModule(
+        module.task, module.tokenizer, data_dir=GLUE_DIR, source="local", eval_limit=96, eval_batch_size=32
+    )
     dm.setup("validate")
     assert assert_real_equals_simulated(module, dm.val_dataloader()[0]) >= 17
 
@@ -99,8 +113,19 @@ def test_predict_texts_api_and_bad_input(caplog):
 
 def test_threshold_for_target_speedup(tmp_path):
     path = tmp_path / "thresholds.json"
-    path.write_text(json.dumps({"split": "validation", "rules": {"edr": {"params": {"lam": 1.0}, "thresholds": {
-        "1.5": {"threshold": 0.3, "speedup": 1.52}, "2.0": None}}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "split": "validation",
+                "rules": {
+                    "edr": {
+                        "params": {"lam": 1.0},
+                        "thresholds": {"1.5": {"threshold": 0.3, "speedup": 1.52}, "2.0": None},
+                    }
+                },
+            }
+        )
+    )
     assert threshold_for_speedup(path, "edr", 1.5) == 0.3
     with pytest.raises(De3Error, match="no threshold reaching 2"):
         threshold_for_speedup(path, "edr", 2)

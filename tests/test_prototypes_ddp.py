@@ -11,8 +11,13 @@ from de3.models.prototypes import PrototypicalNetworks
 def _batches(rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(100 + rank)
     # rank 1 never sees class 2 in its first batch: the initialisation must still agree
-    return [(torch.randn(2, 6, 4, generator=generator),
-             torch.randint(0, 2 if (rank, step) == (1, 0) else 3, (6,), generator=generator)) for step in range(5)]
+    return [
+        (
+            torch.randn(2, 6, 4, generator=generator),
+            torch.randint(0, 2 if (rank, step) == (1, 0) else 3, (6,), generator=generator),
+        )
+        for step in range(5)
+    ]
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:

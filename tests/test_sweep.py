@@ -14,8 +14,15 @@ from de3.jobs import sweep, train
 from de3.sweep import _frontier_area, pareto_mask, reaching, summarize, sweep_split
 
 FLOPS = FlopsModel(hidden_size=8, intermediate_size=16, num_layers=4, exit_head=100, prototype=10)
-ALL_RULES = {"entropy": {}, "maxprob": {}, "patience": {}, "pcee": {"patience": 2}, "dr": {}, "edr": {"lam": 1.0},
-             "dge": {"divergence": "kl", "window": 1}}
+ALL_RULES = {
+    "entropy": {},
+    "maxprob": {},
+    "patience": {},
+    "pcee": {"patience": 2},
+    "dr": {},
+    "edr": {"lam": 1.0},
+    "dge": {"divergence": "kl", "window": 1},
+}
 
 
 def random_cache(n=200, layers=4, classes=2, seed=0):
@@ -25,8 +32,9 @@ def random_cache(n=200, layers=4, classes=2, seed=0):
     signal = torch.nn.functional.one_hot(labels, classes).float()
     logits = torch.stack([(m + 1) * signal + 2 * torch.randn(n, classes, generator=generator) for m in range(layers)])
     distances = torch.rand(layers - 1, n, classes, generator=generator)
-    return ExitCache(logits=logits, labels=labels, lengths=torch.randint(5, 30, (n,), generator=generator),
-                     distances=distances)
+    return ExitCache(
+        logits=logits, labels=labels, lengths=torch.randint(5, 30, (n,), generator=generator), distances=distances
+    )
 
 
 def test_grid_spans_one_to_l_times():
@@ -44,8 +52,7 @@ def test_regression_sweeps_patience_only_and_extra_thresholds():
     cache = random_cache()
     cache.logits, cache.distances = cache.logits[..., :1], None
     cache.labels = cache.labels.float()
-    rows = sweep_split("validation", cache, GLUE_TASKS["stsb"], ALL_RULES, FLOPS,
-                       extra_thresholds={"patience": [2.5]})
+    rows = sweep_split("validation", cache, GLUE_TASKS["stsb"], ALL_RULES, FLOPS, extra_thresholds={"patience": [2.5]})
     assert {r["rule"] for r in rows} == {"patience"}
     assert "spearman" in rows[0] and 2.5 in [r["threshold"] for r in rows]
 

@@ -33,22 +33,42 @@ def test_unknown_task_is_a_clear_error():
 
 
 def test_custom_task_from_config():
-    spec = task_from_config({"name": "reviews", "files": {"train": "t.csv", "validation": "v.csv", "test": "x.csv"},
-                             "text_columns": ["text"], "label_names": ["neg", "pos"]})
+    spec = task_from_config(
+        {
+            "name": "reviews",
+            "files": {"train": "t.csv", "validation": "v.csv", "test": "x.csv"},
+            "text_columns": ["text"],
+            "label_names": ["neg", "pos"],
+        }
+    )
     assert spec.eval_splits == ("validation",) and spec.test_splits == ("test",)
     assert spec.metrics == ("accuracy",) and spec.num_outputs == 2
-    regression = task_from_config({"files": {"train": "t", "validation": "v"}, "text_columns": ["a", "b"],
-                                   "regression": True})
+    regression = task_from_config(
+        {"files": {"train": "t", "validation": "v"}, "text_columns": ["a", "b"], "regression": True}
+    )
     assert regression.is_regression and regression.metrics == ("spearman", "pearson")
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"files": {"train": "t"}, "text_columns": ["x"], "label_names": ["a", "b"]}, "files.validation is not set"),
-    ({"files": {"train": "t", "validation": "v"}, "text_columns": [], "label_names": ["a", "b"]}, "one or two columns"),
-    ({"files": {"train": "t", "validation": "v"}, "text_columns": ["x"]}, "either task.label_names"),
-    ({"files": {"train": "t", "validation": "v"}, "text_columns": ["x"], "label_names": ["a", "b"],
-      "metrics": ["bleu"]}, "unknown metric"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"files": {"train": "t"}, "text_columns": ["x"], "label_names": ["a", "b"]}, "files.validation is not set"),
+        (
+            {"files": {"train": "t", "validation": "v"}, "text_columns": [], "label_names": ["a", "b"]},
+            "one or two columns",
+        ),
+        ({"files": {"train": "t", "validation": "v"}, "text_columns": ["x"]}, "either task.label_names"),
+        (
+            {
+                "files": {"train": "t", "validation": "v"},
+                "text_columns": ["x"],
+                "label_names": ["a", "b"],
+                "metrics": ["bleu"],
+            },
+            "unknown metric",
+        ),
+    ],
+)
 def test_custom_task_errors(bad, message):
     with pytest.raises(De3Error, match=message):
         task_from_config(bad)

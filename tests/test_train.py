@@ -10,8 +10,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from de3.models.module import MultiExitModule
 from de3.jobs import train
+from de3.models.module import MultiExitModule
 from tests.conftest import REPO, compose_config
 
 
@@ -57,13 +57,27 @@ def test_every_backbone_and_task_config_composes(tiny_config, tmp_path):
 
 def _run(*args: str, cwd: Path, glue_dir: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "DE3_GLUE_DIR": str(glue_dir), "WANDB_SILENT": "true"}
-    return subprocess.run([sys.executable, str(REPO / "run.py"), *args, f"paths.log_dir={cwd}"],
-                          capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / "run.py"), *args, f"paths.log_dir={cwd}"],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_multirun_gives_one_output_dir_per_job(tmp_path, glue_dir):
-    result = _run("-m", "task=rte,mrpc", "backbone=tiny_bert", "trainer.max_steps=2", "data.train_limit=16",
-                  "callbacks.progress_bar=null", cwd=tmp_path, glue_dir=glue_dir)
+    result = _run(
+        "-m",
+        "task=rte,mrpc",
+        "backbone=tiny_bert",
+        "trainer.max_steps=2",
+        "data.train_limit=16",
+        "callbacks.progress_bar=null",
+        cwd=tmp_path,
+        glue_dir=glue_dir,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p.parent for p in tmp_path.glob("multiruns/*/*/results.json"))
     assert [p.name for p in jobs] == ["0_rte-tiny_bert-seed42", "1_mrpc-tiny_bert-seed42"]
@@ -71,11 +85,19 @@ def test_multirun_gives_one_output_dir_per_job(tmp_path, glue_dir):
         assert len(list(job.glob("wandb/offline-run-*"))) == 1
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["task=rte", "data.data_dir=/nonexistent/glue", "data.source=local"],
-     "task 'rte', split 'train': file not found: /nonexistent/glue/RTE/train.tsv"),
-    (["backbone=minilm", "backbone.path=/nonexistent/minilm"], "backbone 'minilm': no local directory at /nonexistent/minilm"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["task=rte", "data.data_dir=/nonexistent/glue", "data.source=local"],
+            "task 'rte', split 'train': file not found: /nonexistent/glue/RTE/train.tsv",
+        ),
+        (
+            ["backbone=minilm", "backbone.path=/nonexistent/minilm"],
+            "backbone 'minilm': no local directory at /nonexistent/minilm",
+        ),
+    ],
+)
 def test_bad_input_stops_with_one_clear_message(tmp_path, glue_dir, overrides, message):
     result = _run("backbone=tiny_bert", "logger=csv", *overrides, cwd=tmp_path, glue_dir=glue_dir)
     assert result.returncode == 2

@@ -28,8 +28,11 @@ def flops_model(model: Any) -> FlopsModel:
     config = model.backbone.config
     prototypes = model.prototypes
     return FlopsModel(
-        hidden_size=config.hidden_size, intermediate_size=config.intermediate_size, num_layers=model.num_layers,
-        exit_head=model.exits[0].flops(), prototype=0 if prototypes is None else prototypes.flops_per_layer(),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_layers=model.num_layers,
+        exit_head=model.exits[0].flops(),
+        prototype=0 if prototypes is None else prototypes.flops_per_layer(),
     )
 
 
@@ -70,16 +73,24 @@ class ExitSweep(L.Callback):
         }
         cached = time.perf_counter()
         costs = flops_model(model)
-        rows = [row for split, cache in caches.items()
-                for row in sweep_split(split, cache, task, self.rules, costs, self.num_thresholds, self.extra_thresholds)]
+        rows = [
+            row
+            for split, cache in caches.items()
+            for row in sweep_split(split, cache, task, self.rules, costs, self.num_thresholds, self.extra_thresholds)
+        ]
         full_depth = {split: full_depth_scores(task, cache) for split, cache in caches.items()}
         summary = summarize(rows, task.main_metric, self.target_speedups)
         self.timings = {"cache_pass_s": cached - started, "simulation_s": time.perf_counter() - cached}
         self._write(rows, summary, full_depth, caches, task.main_metric, model.num_layers)
         self._log_wandb(trainer, rows, summary, task.main_metric)
-        log.info("sweep: %d points (%d rules) in %.1fs + %.1fs cache pass; files in %s", len(rows),
-                 len(summary[task.eval_splits[0]]["rules"]), self.timings["simulation_s"],
-                 self.timings["cache_pass_s"], self.output_dir)
+        log.info(
+            "sweep: %d points (%d rules) in %.1fs + %.1fs cache pass; files in %s",
+            len(rows),
+            len(summary[task.eval_splits[0]]["rules"]),
+            self.timings["simulation_s"],
+            self.timings["cache_pass_s"],
+            self.output_dir,
+        )
 
     def _write(self, rows, summary, full_depth, caches, metric: str, num_layers: int) -> None:
         out = self.output_dir
@@ -88,11 +99,19 @@ class ExitSweep(L.Callback):
         plot_sweep(rows, metric, full_depth, num_layers, out / "sweep.png")
         write_text_atomic(out / "summary.md", summary_markdown(summary, metric, full_depth, self.target_speedups))
         first = next(iter(summary.values()))
-        deploy = {rule: {"params": entry["params"],
-                         "thresholds": {t: None if p is None else {"threshold": p["threshold"], "speedup": p["speedup"]}
-                                        for t, p in entry["targets"].items()}}
-                  for rule, entry in first["rules"].items()}
-        write_text_atomic(out / "thresholds.json", json.dumps({"split": next(iter(summary)), "rules": deploy}, indent=2) + "\n")
+        deploy = {
+            rule: {
+                "params": entry["params"],
+                "thresholds": {
+                    t: None if p is None else {"threshold": p["threshold"], "speedup": p["speedup"]}
+                    for t, p in entry["targets"].items()
+                },
+            }
+            for rule, entry in first["rules"].items()
+        }
+        write_text_atomic(
+            out / "thresholds.json", json.dumps({"split": next(iter(summary)), "rules": deploy}, indent=2) + "\n"
+        )
 
     def _log_wandb(self, trainer: L.Trainer, rows, summary, metric: str) -> None:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
@@ -105,10 +124,17 @@ class ExitSweep(L.Callback):
             columns = list(rows[0])
             table = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])
             first_split = next(iter(summary))
-            first_rows = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows if r["split"] == first_split])
-            run.log({"sweep/points": table,
-                     "sweep/curve": wandb.plot.line(first_rows, "speedup", metric, stroke="rule",
-                                                    title=f"{metric} vs speed-up ({first_split})")})
+            first_rows = wandb.Table(
+                columns=columns, data=[[r[c] for c in columns] for r in rows if r["split"] == first_split]
+            )
+            run.log(
+                {
+                    "sweep/points": table,
+                    "sweep/curve": wandb.plot.line(
+                        first_rows, "speedup", metric, stroke="rule", title=f"{metric} vs speed-up ({first_split})"
+                    ),
+                }
+            )
             for rule, entry in summary[first_split]["rules"].items():
                 for target, point in entry["targets"].items():
                     if point is not None:

@@ -27,8 +27,12 @@ def pca_2d(points: torch.Tensor) -> torch.Tensor:
 
 
 def plot_prototype_projection(
-    mapped: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, layers: list[int],
-    label_names: list[str], path: Path,
+    mapped: torch.Tensor,
+    labels: torch.Tensor,
+    prototypes: torch.Tensor,
+    layers: list[int],
+    label_names: list[str],
+    path: Path,
 ) -> Path:
     """One panel per internal layer (0-based indices in `layers`): samples coloured by their
     true class, prototypes as stars; samples and prototypes share one PCA per layer."""
@@ -36,12 +40,20 @@ def plot_prototype_projection(
     colours = plt.get_cmap("tab10")
     for ax, layer in zip(axes[0], layers):
         coords = pca_2d(torch.cat([mapped[layer], prototypes[layer]]))
-        samples, centres = coords[: len(labels)], coords[len(labels):]
+        samples, centres = coords[: len(labels)], coords[len(labels) :]
         for k, name in enumerate(label_names):
             chosen = labels == k
             ax.scatter(samples[chosen, 0], samples[chosen, 1], s=6, alpha=0.5, color=colours(k), label=name)
-            ax.scatter(centres[k, 0], centres[k, 1], s=260, marker="*", color=colours(k), edgecolors="black",
-                       linewidths=1.2, zorder=3)
+            ax.scatter(
+                centres[k, 0],
+                centres[k, 1],
+                s=260,
+                marker="*",
+                color=colours(k),
+                edgecolors="black",
+                linewidths=1.2,
+                zorder=3,
+            )
         ax.set_title(f"layer {layer + 1}")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -67,12 +79,19 @@ class PrototypeProjection(L.Callback):
         if prototypes is None or trainer.state.fn != TrainerFn.VALIDATING or not trainer.is_global_zero:
             return
         loader = trainer.datamodule.val_dataloader()[0]
-        cache = collect_exit_cache(pl_module.model, loader, keep_mapped=True, max_samples=self.max_samples,
-                                   description="projecting prototypes")
+        cache = collect_exit_cache(
+            pl_module.model, loader, keep_mapped=True, max_samples=self.max_samples, description="projecting prototypes"
+        )
         internal = prototypes.prototypes.shape[0]
         layers = sorted({round(i * (internal - 1) / max(self.num_panels - 1, 1)) for i in range(self.num_panels)})
-        path = plot_prototype_projection(cache.mapped, cache.labels, prototypes.prototypes.cpu(), layers,
-                                         list(pl_module.task.label_names), self.output_dir / "prototypes.png")
+        path = plot_prototype_projection(
+            cache.mapped,
+            cache.labels,
+            prototypes.prototypes.cpu(),
+            layers,
+            list(pl_module.task.label_names),
+            self.output_dir / "prototypes.png",
+        )
         log.info("prototype projection written to %s", path)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

@@ -67,14 +67,16 @@ class TextTaskDataModule(L.LightningDataModule):
     def encode(self, examples: Sequence[Example]) -> list[dict[str, Any]]:
         """Tokenize examples (truncated to `max_seq_length`) into per-example feature dicts."""
         columns = list(zip(*(e.texts for e in examples)))
-        encoded = self.tokenizer(
-            *(list(c) for c in columns), truncation=True, max_length=self.max_seq_length
-        )
+        encoded = self.tokenizer(*(list(c) for c in columns), truncation=True, max_length=self.max_seq_length)
         features = [{key: encoded[key][i] for key in encoded} for i in range(len(examples))]
         truncated = sum(len(f["input_ids"]) >= self.max_seq_length for f in features)
         if truncated:
-            log.info("%d of %d examples reach max_seq_length=%d (longer ones were truncated)",
-                     truncated, len(examples), self.max_seq_length)
+            log.info(
+                "%d of %d examples reach max_seq_length=%d (longer ones were truncated)",
+                truncated,
+                len(examples),
+                self.max_seq_length,
+            )
         for feature, example in zip(features, examples):
             if example.label is not None:
                 feature["labels"] = example.label

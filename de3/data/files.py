@@ -39,8 +39,7 @@ def _read_delimited(path: Path, text: str, delimiter: str, column_names: Sequenc
             continue
         if len(fields) != len(header):
             raise De3Error(
-                f"{path}:{line}: malformed row with {len(fields)} fields, expected {len(header)} "
-                f"({', '.join(header)})"
+                f"{path}:{line}: malformed row with {len(fields)} fields, expected {len(header)} ({', '.join(header)})"
             )
         rows.append((line, dict(zip(header, fields))))
     return rows

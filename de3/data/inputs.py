@@ -30,16 +30,20 @@ def read_inputs(path: str | Path, text_columns: Sequence[str]) -> list[Example]:
         if rows:
             missing = [c for c in text_columns if c not in rows[0][1]]
             if missing:
-                raise De3Error(f"{path}: no column(s) {missing}; columns are {sorted(rows[0][1])} "
-                               "(set predict.text_columns)")
-        examples = [_check(tuple(str(row[c]) for c in text_columns), f"{path}:{line}", len(text_columns))
-                    for line, row in rows]
+                raise De3Error(
+                    f"{path}: no column(s) {missing}; columns are {sorted(rows[0][1])} (set predict.text_columns)"
+                )
+        examples = [
+            _check(tuple(str(row[c]) for c in text_columns), f"{path}:{line}", len(text_columns)) for line, row in rows
+        ]
     else:
         lines = decode_utf8(path).split("\n")
         if lines and lines[-1] == "":
             lines.pop()
-        examples = [_check(tuple(line.rstrip("\r").split("\t")), f"{path}:{number}", len(text_columns))
-                    for number, line in enumerate(lines, start=1)]
+        examples = [
+            _check(tuple(line.rstrip("\r").split("\t")), f"{path}:{number}", len(text_columns))
+            for number, line in enumerate(lines, start=1)
+        ]
     if not examples:
         raise De3Error(f"{path}: no inputs")
     return examples

@@ -56,7 +56,9 @@ def _from_hub(task: TaskSpec, split: str) -> list[Example]:
     try:
         rows = datasets.load_dataset(hub.path, hub.name, split=split)
     except Exception as err:  # the hub raises many types (connection, missing repo, ...)
-        raise De3Error(f"could not load {hub.path}/{hub.name} split {split!r} from the Hugging Face hub: {err}") from None
+        raise De3Error(
+            f"could not load {hub.path}/{hub.name} split {split!r} from the Hugging Face hub: {err}"
+        ) from None
     examples = []
     for index, row in enumerate(rows):
         where = f"{hub.path}/{hub.name}[{split}][{index}]"

@@ -78,9 +78,7 @@ class TaskSpec:
             try:
                 return float(value)
             except (TypeError, ValueError):
-                raise De3Error(
-                    f"{where}: label {value!r} is not a number (task {self.name!r} is regression)"
-                ) from None
+                raise De3Error(f"{where}: label {value!r} is not a number (task {self.name!r} is regression)") from None
         text = str(value).strip()
         if text in self.label_names:
             return self.label_names.index(text)
@@ -139,26 +137,58 @@ _PAIR = ("sentence1", "sentence2")
 GLUE_TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        _glue("cola", "CoLA", ("sentence",), ("sentence",), "label",
-              ("unacceptable", "acceptable"), ("mcc",),
-              headerless={"train": _COLA_COLUMNS, "validation": _COLA_COLUMNS}),
-        _glue("sst2", "SST-2", ("sentence",), ("sentence",), "label",
-              ("negative", "positive"), ("accuracy",)),
-        _glue("mrpc", "MRPC", ("#1 String", "#2 String"), _PAIR, "Quality",
-              ("not_equivalent", "equivalent"), ("f1", "accuracy")),
+        _glue(
+            "cola",
+            "CoLA",
+            ("sentence",),
+            ("sentence",),
+            "label",
+            ("unacceptable", "acceptable"),
+            ("mcc",),
+            headerless={"train": _COLA_COLUMNS, "validation": _COLA_COLUMNS},
+        ),
+        _glue("sst2", "SST-2", ("sentence",), ("sentence",), "label", ("negative", "positive"), ("accuracy",)),
+        _glue(
+            "mrpc",
+            "MRPC",
+            ("#1 String", "#2 String"),
+            _PAIR,
+            "Quality",
+            ("not_equivalent", "equivalent"),
+            ("f1", "accuracy"),
+        ),
         _glue("stsb", "STS-B", _PAIR, _PAIR, "score", None, ("spearman", "pearson")),
-        _glue("qqp", "QQP", ("question1", "question2"), ("question1", "question2"),
-              "is_duplicate", ("not_duplicate", "duplicate"), ("f1", "accuracy")),
-        _glue("mnli", "MNLI", _PAIR, ("premise", "hypothesis"), "gold_label",
-              ("entailment", "neutral", "contradiction"), ("accuracy",),
-              eval_splits=("validation_matched", "validation_mismatched"),
-              test_splits=("test_matched", "test_mismatched")),
-        _glue("qnli", "QNLI", ("question", "sentence"), ("question", "sentence"), "label",
-              ("entailment", "not_entailment"), ("accuracy",)),
-        _glue("rte", "RTE", _PAIR, _PAIR, "label",
-              ("entailment", "not_entailment"), ("accuracy",)),
-        _glue("wnli", "WNLI", _PAIR, _PAIR, "label",
-              ("not_entailment", "entailment"), ("accuracy",)),
+        _glue(
+            "qqp",
+            "QQP",
+            ("question1", "question2"),
+            ("question1", "question2"),
+            "is_duplicate",
+            ("not_duplicate", "duplicate"),
+            ("f1", "accuracy"),
+        ),
+        _glue(
+            "mnli",
+            "MNLI",
+            _PAIR,
+            ("premise", "hypothesis"),
+            "gold_label",
+            ("entailment", "neutral", "contradiction"),
+            ("accuracy",),
+            eval_splits=("validation_matched", "validation_mismatched"),
+            test_splits=("test_matched", "test_mismatched"),
+        ),
+        _glue(
+            "qnli",
+            "QNLI",
+            ("question", "sentence"),
+            ("question", "sentence"),
+            "label",
+            ("entailment", "not_entailment"),
+            ("accuracy",),
+        ),
+        _glue("rte", "RTE", _PAIR, _PAIR, "label", ("entailment", "not_entailment"), ("accuracy",)),
+        _glue("wnli", "WNLI", _PAIR, _PAIR, "label", ("not_entailment", "entailment"), ("accuracy",)),
     )
 }
 

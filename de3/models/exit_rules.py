@@ -129,15 +129,18 @@ class ExitRule:
         return task_ok and (has_distances or not self.needs_distances)
 
 
-RULES: dict[str, ExitRule] = {rule.name: rule for rule in (
-    ExitRule("entropy", entropy_indicator),
-    ExitRule("maxprob", max_probability_indicator),
-    ExitRule("patience", patience_count, regression=True, counts=True),
-    ExitRule("pcee", pcee_indicator),
-    ExitRule("dr", dr_indicator, needs_distances=True),
-    ExitRule("edr", edr_indicator, needs_distances=True),
-    ExitRule("dge", dge_indicator),
-)}
+RULES: dict[str, ExitRule] = {
+    rule.name: rule
+    for rule in (
+        ExitRule("entropy", entropy_indicator),
+        ExitRule("maxprob", max_probability_indicator),
+        ExitRule("patience", patience_count, regression=True, counts=True),
+        ExitRule("pcee", pcee_indicator),
+        ExitRule("dr", dr_indicator, needs_distances=True),
+        ExitRule("edr", edr_indicator, needs_distances=True),
+        ExitRule("dge", dge_indicator),
+    )
+}
 
 
 def get_rule(name: str) -> ExitRule:

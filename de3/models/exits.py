@@ -30,5 +30,7 @@ class ExitHead(nn.Module):
 
     def flops(self) -> int:
         """Multiply-adds ×2 for one sample (the pooling itself is not counted)."""
-        return 2 * (self.dense.in_features * self.dense.out_features
-                    + self.classifier.in_features * self.classifier.out_features)
+        return 2 * (
+            self.dense.in_features * self.dense.out_features
+            + self.classifier.in_features * self.classifier.out_features
+        )

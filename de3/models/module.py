@@ -15,9 +15,9 @@ from torchmetrics import MetricCollection
 from transformers import get_linear_schedule_with_warmup
 
 from de3.data.tasks import task_from_config
+from de3.errors import De3Error
 from de3.metrics import make_metric, predictions
 from de3.models.backbone import EncoderBackbone, load_encoder, load_tokenizer
-from de3.errors import De3Error
 from de3.models.multi_exit import MultiExitModel, MultiExitOutput
 
 
@@ -41,12 +41,15 @@ class MultiExitModule(L.LightningModule):
     ) -> None:
         super().__init__()
         # Plain containers, so checkpoints load with torch.load(weights_only=True).
-        self.save_hyperparameters({
-            name: OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else dict(value)
-            for name, value in dict(task=task, backbone=backbone, loss=loss, exits=exits, optimizer=optimizer,
-                                    prototypes=prototypes).items()
-            if value is not None
-        })
+        self.save_hyperparameters(
+            {
+                name: OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else dict(value)
+                for name, value in dict(
+                    task=task, backbone=backbone, loss=loss, exits=exits, optimizer=optimizer, prototypes=prototypes
+                ).items()
+                if value is not None
+            }
+        )
         self.task = task_from_config(self.hparams.task)
         if prototypes is not None and self.task.is_regression:
             raise De3Error(
@@ -56,7 +59,9 @@ class MultiExitModule(L.LightningModule):
         self.tokenizer = load_tokenizer(**self.hparams.backbone)
         encoder = load_encoder(**self.hparams.backbone, tokenizer=self.tokenizer)
         self.model = MultiExitModel(
-            EncoderBackbone(encoder), self.task.num_outputs, **self.hparams.exits,
+            EncoderBackbone(encoder),
+            self.task.num_outputs,
+            **self.hparams.exits,
             prototypes=self.hparams.get("prototypes"),
         )
         self.model.train()  # `from_pretrained` leaves the encoder in eval mode; Lightning keeps modes as found
@@ -124,9 +129,7 @@ class MultiExitModule(L.LightningModule):
             per_exit = [exit_metrics.compute() for exit_metrics in split_metrics]
             for exit_metrics in split_metrics:
                 exit_metrics.reset()
-            self.eval_scores[split] = {
-                name: [float(scores[name]) for scores in per_exit] for name in self.task.metrics
-            }
+            self.eval_scores[split] = {name: [float(scores[name]) for scores in per_exit] for name in self.task.metrics}
             for name, values in self.eval_scores[split].items():
                 for layer, value in enumerate(values, start=1):
                     self.log(f"{split}/{name}/exit{layer}", value)
@@ -137,7 +140,10 @@ class MultiExitModule(L.LightningModule):
         no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         groups = [
-            {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": self.hparams.optimizer["weight_decay"]},
+            {
+                "params": [p for n, p in named if not n.endswith(no_decay)],
+                "weight_decay": self.hparams.optimizer["weight_decay"],
+            },
             {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
         ]
         optimizer = torch.optim.AdamW(groups, lr=self.hparams.optimizer["lr"])

@@ -53,7 +53,8 @@ class MultiExitModel(nn.Module):
             ExitHead(backbone.hidden_size, num_outputs, dropout) for _ in range(backbone.num_layers)
         )
         self.prototypes = (
-            None if prototypes is None
+            None
+            if prototypes is None
             else PrototypicalNetworks(backbone.num_layers - 1, backbone.hidden_size, num_outputs, **prototypes)
         )
 
@@ -61,7 +62,9 @@ class MultiExitModel(nn.Module):
     def num_layers(self) -> int:
         return self.backbone.num_layers
 
-    def exit_logits(self, index: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def exit_logits(
+        self, index: int, hidden: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exit `index` (0-based) on layer output [B, T, H] → (logits [B, C], pooled [B, H])."""
         pooled = pool(hidden, attention_mask, self.pooling)
         return self.exits[index](pooled), pooled

@@ -98,7 +98,9 @@ class PrototypicalNetworks(nn.Module):
         counts = _all_reduce(one_hot.sum(0))  # [C]
         present = (counts > 0).expand_as(self.initialized)  # [M, C]
         means = sums / counts.clamp(min=1.0)[None, :, None]
-        blended = torch.where(self.initialized.unsqueeze(-1), (1 - self.gamma) * self.prototypes + self.gamma * means, means)
+        blended = torch.where(
+            self.initialized.unsqueeze(-1), (1 - self.gamma) * self.prototypes + self.gamma * means, means
+        )
         change = present & ~self.initialized if only_missing else present
         self.prototypes.copy_(torch.where(change.unsqueeze(-1), blended, self.prototypes))
         self.initialized |= change
