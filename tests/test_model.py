@@ -11,7 +11,7 @@ from de3.metrics import make_metric, predictions
 from de3.models.backbone import EncoderBackbone, load_encoder, load_tokenizer
 from de3.models.exits import pool
 from de3.models.losses import JointLoss, layer_weights
-from de3.models.multi_exit import MultiExitModel
+from de3.models.multi_exit import MultiExitModel, MultiExitOutput
 
 
 def test_mean_pooling_ignores_padding():
@@ -34,11 +34,11 @@ def test_joint_loss_is_the_weighted_mean_of_exit_losses():
     logits = torch.randn(3, 4, 2)
     labels = torch.tensor([0, 1, 1, 0])
     per_exit = [F.cross_entropy(logits[m], labels).item() for m in range(3)]
-    out = JointLoss("ascending")(logits, labels, regression=False)
+    out = JointLoss("ascending")(MultiExitOutput(logits, pooled=None), labels, regression=False)
     assert out["loss"].item() == pytest.approx((1 * per_exit[0] + 2 * per_exit[1] + 3 * per_exit[2]) / 6, rel=1e-6)
     assert out["exit_losses"].tolist() == pytest.approx(per_exit, rel=1e-6)
     targets = torch.tensor([1.0, 2.0, 0.0, 4.0])
-    mse = JointLoss("uniform")(logits[..., :1], targets, regression=True)["loss"].item()
+    mse = JointLoss("uniform")(MultiExitOutput(logits[..., :1], pooled=None), targets, regression=True)["loss"].item()
     assert mse == pytest.approx(sum(F.mse_loss(logits[m, :, 0], targets).item() for m in range(3)) / 3, rel=1e-6)
 
 
