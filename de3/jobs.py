@@ -21,7 +21,7 @@ from de3.data.tasks import TaskSpec, task_from_config
 from de3.errors import De3Error
 from de3.flops import layer_speedup
 from de3.models.module import MultiExitModule
-from de3.predictor import EarlyExitPredictor
+from de3.predictor import EarlyExitPredictor, resolve_threshold
 from de3.results import print_results, save_results
 from de3.sweep import score
 from de3.utils.io import csv_text, write_text_atomic
@@ -122,16 +122,20 @@ def predict(cfg: DictConfig) -> float:
     settings = cfg.predict
     if (settings.input is None) == (settings.split is None):
         raise De3Error("mode=predict needs exactly one of predict.input=FILE and predict.split=SPLIT")
-    predictor = EarlyExitPredictor.from_checkpoint(
-        cfg.ckpt_path,
-        rule=cfg.exit.rule,
-        threshold=cfg.exit.get("threshold"),
-        target_speedup=cfg.exit.get("target_speedup"),
-        params=cfg.exit.params.get(cfg.exit.rule),
+    rule = cfg.exit.rule
+    threshold = resolve_threshold(cfg.ckpt_path, rule, cfg.exit.get("threshold"), cfg.exit.get("target_speedup"))
+    module = MultiExitModule.from_checkpoint(cfg.ckpt_path)
+    _check_checkpoint_matches(module)
+    predictor = EarlyExitPredictor(
+        module.model,
+        module.tokenizer,
+        module.task,
+        rule,
+        threshold,
+        cfg.exit.params.get(rule),
         max_seq_length=cfg.data.max_seq_length,
         batch_size=cfg.data.eval_batch_size,
     )
-    _check_checkpoint_matches(predictor.module)
     task = predictor.task
     if settings.input is not None:
         examples = read_inputs(settings.input, settings.text_columns or task.local.text_columns)

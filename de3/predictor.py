@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import DataCollatorWithPadding
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from de3.data.tasks import TaskSpec
 from de3.errors import De3Error
 from de3.metrics import predictions
 from de3.models.exit_rules import ExitRule, get_rule, layer_indicator
 from de3.models.module import MultiExitModule
+from de3.models.multi_exit import MultiExitModel
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,19 @@ def threshold_for_speedup(path: str | Path, rule: str, target: float) -> float:
     return float(point["threshold"])
 
 
+def resolve_threshold(
+    checkpoint: str | Path, rule: str, threshold: float | None, target_speedup: float | None
+) -> float:
+    """The threshold given, or the one that reached `target_speedup` in the checkpoint's run."""
+    if (threshold is None) == (target_speedup is None):
+        raise De3Error("give exactly one of exit.threshold and exit.target_speedup")
+    if threshold is not None:
+        return float(threshold)
+    return threshold_for_speedup(thresholds_file_for(checkpoint), rule, target_speedup)
+
+
 class EarlyExitPredictor:
-    """Early-exit inference with one rule and threshold on a trained `MultiExitModule`.
+    """Early-exit inference with one rule and threshold on a trained multi-exit model.
 
     `predict(texts)` takes strings (or pairs of strings for pair tasks) and returns an
     `ExitPrediction`; `predict_batch` does the same for a tokenized batch.
@@ -63,28 +76,28 @@ class EarlyExitPredictor:
 
     def __init__(
         self,
-        module: MultiExitModule,
+        model: MultiExitModel,
+        tokenizer: PreTrainedTokenizerBase,
+        task: TaskSpec,
         rule: str,
         threshold: float,
         params: Mapping[str, Any] | None = None,
         max_seq_length: int = 128,
         batch_size: int = 32,
     ) -> None:
-        self.module = module.eval()
-        self.model = module.model
-        self.task = module.task
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.task = task
         self.rule: ExitRule = get_rule(rule)
-        if not self.rule.supports(self.task.is_regression, self.model.prototypes is not None):
-            kind = "regression" if self.task.is_regression else "classification"
-            raise De3Error(
-                f"exit rule {rule!r} does not apply to this model ({kind} task"
-                f"{', no prototypes' if self.model.prototypes is None else ''})"
-            )
+        if not self.rule.supports(task.is_regression, model.prototypes is not None):
+            kind = "regression" if task.is_regression else "classification"
+            without = ", no prototypes" if model.prototypes is None else ""
+            raise De3Error(f"exit rule {rule!r} does not apply to this model ({kind} task{without})")
         self.threshold = float(threshold)
         self.params = dict(params or {})
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size
-        self.collate = DataCollatorWithPadding(module.tokenizer)
+        self.collate = DataCollatorWithPadding(tokenizer)
 
     @classmethod
     def from_checkpoint(
@@ -98,11 +111,9 @@ class EarlyExitPredictor:
     ) -> EarlyExitPredictor:
         """Load a checkpoint; the threshold is given, or read for `target_speedup` from the
         `thresholds.json` its training run's sweep wrote."""
-        if (threshold is None) == (target_speedup is None):
-            raise De3Error("give exactly one of exit.threshold and exit.target_speedup")
-        if threshold is None:
-            threshold = threshold_for_speedup(thresholds_file_for(path), rule, target_speedup)
-        return cls(MultiExitModule.from_checkpoint(path), rule, threshold, params, **kwargs)
+        threshold = resolve_threshold(path, rule, threshold, target_speedup)
+        module = MultiExitModule.from_checkpoint(path)
+        return cls(module.model, module.tokenizer, module.task, rule, threshold, params, **kwargs)
 
     @torch.no_grad()
     def predict_batch(
@@ -156,7 +167,7 @@ class EarlyExitPredictor:
             if not all(text.strip() for text in pair):
                 raise De3Error(f"input {index}: empty text")
         columns = [list(c) for c in zip(*pairs)]
-        full = self.module.tokenizer(*columns)["input_ids"]
+        full = self.tokenizer(*columns)["input_ids"]
         too_long = sum(len(ids) > self.max_seq_length for ids in full)
         if too_long:
             log.warning(
@@ -165,7 +176,7 @@ class EarlyExitPredictor:
                 len(pairs),
                 self.max_seq_length,
             )
-        encoded = self.module.tokenizer(*columns, truncation=True, max_length=self.max_seq_length)
+        encoded = self.tokenizer(*columns, truncation=True, max_length=self.max_seq_length)
         return [{key: encoded[key][i] for key in encoded} for i in range(len(pairs))]
 
     def predict(self, texts: Sequence[str | Sequence[str]]) -> ExitPrediction:

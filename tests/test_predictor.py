@@ -63,7 +63,7 @@ def assert_real_equals_simulated(module, loader, quantiles=(0.05, 0.3, 0.6)):
         used_layers = set()
         for threshold in thresholds:
             layers, answers = decide(rule, cache.logits, indicator, threshold, regression)
-            predictor = EarlyExitPredictor(module, rule.name, threshold, params)
+            predictor = EarlyExitPredictor(module.model, module.tokenizer, module.task, rule.name, threshold, params)
             real = [
                 predictor.predict_batch(b["input_ids"], b["attention_mask"], b.get("token_type_ids")) for b in loader
             ]
@@ -98,7 +98,9 @@ def test_real_minilm_exit_matches_simulation():
 
 def test_predict_texts_api_and_bad_input(caplog):
     module = make_module("rte", tiny_backbone(layers=3))
-    predictor = EarlyExitPredictor(module, "entropy", threshold=0.999, max_seq_length=32)
+    predictor = EarlyExitPredictor(
+        module.model, module.tokenizer, module.task, "entropy", threshold=0.999, max_seq_length=32
+    )
     out = predictor.predict([("A man sleeps.", "Someone rests."), ("x" * 40, "y")])
     assert out.exit_layer.shape == (2,) and out.probability.shape == (2,)
     assert ((out.exit_layer >= 1) & (out.exit_layer <= 3)).all()
@@ -108,7 +110,8 @@ def test_predict_texts_api_and_bad_input(caplog):
     with pytest.raises(De3Error, match="takes 2 text"):
         predictor.predict(["only one"])
     with pytest.raises(De3Error, match="does not apply"):
-        EarlyExitPredictor(make_module("stsb", tiny_backbone(3)), "entropy", 0.5)
+        stsb = make_module("stsb", tiny_backbone(3))
+        EarlyExitPredictor(stsb.model, stsb.tokenizer, stsb.task, "entropy", 0.5)
 
 
 def test_threshold_for_target_speedup(tmp_path):
@@ -155,6 +158,9 @@ def test_predict_mode_end_to_end(tiny_config, tmp_path):
     reachable = [t for t, p in deploy.items() if p is not None]
     predict(tiny_config(*base, "predict.split=validation", f"exit.target_speedup={reachable[0]}"))
     assert len((tmp_path / "predictions.csv").read_text().splitlines()) == 11
+
+    api = EarlyExitPredictor.from_checkpoint(checkpoint, rule="entropy", target_speedup=float(reachable[0]))
+    assert api.predict([("A man sleeps.", "Someone rests.")]).exit_layer.shape == (1,)
 
     (tmp_path / "bad.txt").write_bytes(b"fine\tok\ncaf\xe9\tok\n")
     for overrides, message in [

@@ -69,6 +69,13 @@ class MultiExitModel(nn.Module):
         pooled = pool(hidden, attention_mask, self.pooling)
         return self.exits[index](pooled), pooled
 
+    def final_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Full depth without early exit: every layer, then the last exit only → [B, C]."""
+        hidden = self.backbone(input_ids, attention_mask, token_type_ids)[-1]
+        return self.exit_logits(self.num_layers - 1, hidden, attention_mask)[0]
+
     def forward(
         self,
         input_ids: torch.Tensor,
