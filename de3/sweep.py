@@ -25,6 +25,8 @@ from de3.metrics import make_metric, predictions  # noqa: E402
 from de3.models.exit_rules import RULES, ExitRule, decide, rule_indicator  # noqa: E402
 
 Row = dict[str, Any]
+# distinct per rule, so that coinciding curves (entropy and maxprob when C = 2) stay visible
+MARKERS, LINES = "os^Dvx*P", ("-", "--", "-.", ":")
 
 
 def threshold_grid(
@@ -204,7 +206,7 @@ def plot_sweep(
             ax.plot(
                 [x for x, f in zip(xs, front) if f],
                 [y for y, f in zip(ys, front) if f],
-                "o-",
+                MARKERS[index % len(MARKERS)] + LINES[index % len(LINES)],
                 color=colour,
                 markersize=4,
                 linewidth=1.8,
@@ -217,7 +219,9 @@ def plot_sweep(
         ax.set_title(split)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Speed–accuracy trade-off of every exit rule (faint: all thresholds; markers: Pareto points)")
+    fig.suptitle(
+        "Speed–accuracy trade-off per exit rule\n(faint: every threshold; markers: Pareto points)", fontsize=11
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
