@@ -1,6 +1,6 @@
 """Training-step cost of `loss=de3` over `loss=joint`, and what DE³ adds per exit.
 
-python benchmarks/de3_overhead.py --steps 20 > benchmarks/de3_overhead.md
+python -m benchmarks.de3_overhead --steps 20 > benchmarks/de3_overhead.md
 
 Same backbone (all-MiniLM-L6-v2), same batch (32 real RTE training pairs, max_seq_length 128):
 the median time of a full training step (forward, loss, backward, AdamW step, and for DE³ the
@@ -78,7 +78,7 @@ def main() -> None:
     mapping_params = sum(p.numel() for p in protos.mappings[0].parameters())
     head_params = sum(p.numel() for p in head.parameters())
     print("# DE³ training overhead\n")
-    print(f"- Command: `python benchmarks/de3_overhead.py --steps {args.steps}`")
+    print(f"- Command: `python -m benchmarks.de3_overhead --steps {args.steps}`")
     print(f"- Machine: {machine()}")
     print(f"- Date: {datetime.date.today().isoformat()}")
     print(

@@ -1,6 +1,6 @@
 """Measured latency of real early exit against the speed-up ratio it promises.
 
-python benchmarks/early_exit_latency.py > benchmarks/early_exit_latency.md
+python -m benchmarks.early_exit_latency > benchmarks/early_exit_latency.md
 
 For each model (all-MiniLM-L6-v2, and a random-weight 12-layer bert-base-sized encoder to see
 the scale) and batch size (1 and 32), on SST-2 dev sentences (their real lengths, max 128):
@@ -123,7 +123,7 @@ def main() -> None:
         lines,
     )
     print("# Real early-exit latency against the speed-up ratio\n")
-    print(f"- Command: `python benchmarks/early_exit_latency.py --samples {args.samples} --repeats {args.repeats}`")
+    print(f"- Command: `python -m benchmarks.early_exit_latency --samples {args.samples} --repeats {args.repeats}`")
     print(f"- Machine: {machine()}")
     print(f"- Date: {datetime.date.today().isoformat()}")
     print(

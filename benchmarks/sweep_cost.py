@@ -1,6 +1,6 @@
 """Cost of the post-training sweep against one plain full-depth evaluation pass.
 
-python benchmarks/sweep_cost.py --task sst2 --repeats 3 > benchmarks/sweep_cost.md
+python -m benchmarks.sweep_cost --task sst2 --repeats 3 > benchmarks/sweep_cost.md
 
 The model is all-MiniLM-L6-v2 with DE³ prototypes (weights as loaded: timing does not depend
 on training). "Eval pass": every layer, the final classifier only, over the dev split.
@@ -83,7 +83,7 @@ def main() -> None:
     eval_s, sweep_s, sim_s = (statistics.median(x) for x in (evals, sweeps, simulations))
     n = len(datamodule.datasets["validation"])
     print("# Sweep cost against one full-depth eval pass\n")
-    print(f"- Command: `python benchmarks/sweep_cost.py --task {args.task} --repeats {args.repeats}`")
+    print(f"- Command: `python -m benchmarks.sweep_cost --task {args.task} --repeats {args.repeats}`")
     print(f"- Machine: {machine()}")
     print(f"- Date: {datetime.date.today().isoformat()}")
     print(
