@@ -7,10 +7,12 @@ the scale) and batch size (1 and 32), on SST-2 dev sentences (their real lengths
 - full depth: every layer and the final classifier (`MultiExitModel.final_logits`);
 - early exit with the entropy rule at thresholds whose speed-up ratio (L·N / Σ exit layers)
   is ≈ 1.5×, 2×, 3× on these inputs (chosen from a cached pass, as the sweep does);
-- measured speed-up = full-depth time / early-exit time, divided by the ratio.
+- measured speed-up = full-depth time / early-exit time, divided by the ratio. The FLOPs
+  speed-up beside it weighs each sample's layers by its length (the ratio counts layers only).
 Also full depth against `AutoModelForSequenceClassification` with the same encoder weights.
 Exit heads are untrained: the cost of a layer does not depend on its weights. Times are the
-median of `--repeats` passes over all inputs, one process, 2 threads.
+median of `--repeats` passes over all inputs, one process, 2 threads, the variants taking
+turns within each repeat.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import statistics
 import time
 
 import torch
-from transformers import AutoModelForSequenceClassification, BertConfig
+from transformers import AutoModelForSequenceClassification
 
 from benchmarks.per_exit_table import machine
+from de3.callbacks.exit_sweep import flops_model
 from de3.data.datamodule import TextTaskDataModule
 from de3.data.tasks import GLUE_TASKS
 from de3.exit_cache import collect_exit_cache
@@ -37,29 +40,34 @@ from de3.sweep import threshold_grid
 TARGETS = (1.5, 2.0, 3.0)
 
 
-def timed(fn, batches, repeats: int) -> float:
-    times = []
+def timed_round_robin(fns: dict[str, object], batches, repeats: int) -> dict[str, float]:
+    """Median seconds of a pass over `batches` for each function, the functions taking turns
+    within every repeat so that drifts of the machine hit all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        started = time.perf_counter()
-        for batch in batches:
-            fn(batch)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            for batch in batches:
+                fn(batch)
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def predictor_call(predictor: EarlyExitPredictor):
     return lambda batch: predictor.predict_batch(**batch)
 
 
-def thresholds_for(model, loader, task) -> dict[float, tuple[float, float]]:
+def thresholds_for(model, loader, task) -> dict[float, tuple[float, float, float]]:
+    """For each target: (threshold, speed-up ratio, FLOPs speed-up) of the closest grid point."""
     cache = collect_exit_cache(model, loader)
     rule = RULES["entropy"]
     indicator = rule_indicator(rule, cache.logits, None, {})
+    costs = flops_model(model)
     points = []
     for threshold in threshold_grid(rule, indicator, 400):
         layers, _ = decide(rule, cache.logits, indicator, threshold, False)
-        points.append((layer_speedup(layers, cache.num_layers), threshold))
-    return {t: min(points, key=lambda p: abs(p[0] - t))[::-1] for t in TARGETS}
+        points.append((threshold, layer_speedup(layers, cache.num_layers), costs.speedup(layers, cache.lengths, False)))
+    return {t: min(points, key=lambda p: abs(p[1] - t)) for t in TARGETS}
 
 
 def bench_model(name, encoder, tokenizer, args, lines):
@@ -77,23 +85,23 @@ def bench_model(name, encoder, tokenizer, args, lines):
         for b in batches:
             b.pop("labels")
         chosen = thresholds_for(model, loader, task)
+        fns = {"full": lambda b: model.final_logits(**b), "hf": lambda b: reference(**b).logits}
+        for target, (threshold, _, _) in chosen.items():
+            fns[target] = predictor_call(EarlyExitPredictor(model, tokenizer, task, "entropy", threshold))
         with torch.no_grad():
-            full = timed(lambda b: model.final_logits(**b), batches, args.repeats)
-            hf = timed(lambda b: reference(**b).logits, batches, args.repeats)
-            lines.append(f"| {name} | {batch_size} | full depth | 1.00 | {1000 * full / len(batches):.1f} | 1.00 | — |")
-            for target in TARGETS:
-                threshold, ratio = chosen[target]
-                predictor = EarlyExitPredictor(model, tokenizer, task, "entropy", threshold)
-                early = timed(predictor_call(predictor), batches, args.repeats)
-                measured = full / early
-                lines.append(
-                    f"| {name} | {batch_size} | entropy < {threshold:.4f} | {ratio:.2f} | "
-                    f"{1000 * early / len(batches):.1f} | {measured:.2f} | **{measured / ratio:.2f}** |"
-                )
+            seconds = timed_round_robin(fns, batches, args.repeats)
+        full, per_batch = seconds["full"], {k: f"{1000 * v / len(batches):.1f}" for k, v in seconds.items()}
+        lines.append(f"| {name} | {batch_size} | full depth | 1.00 | 1.00 | {per_batch['full']} | 1.00 | — |")
+        for target, (threshold, ratio, flops) in chosen.items():
+            measured = full / seconds[target]
             lines.append(
-                f"| {name} | {batch_size} | `AutoModelForSequenceClassification` | — | "
-                f"{1000 * hf / len(batches):.1f} | our full depth = **{hf / full:.2f}×** its throughput | — |"
+                f"| {name} | {batch_size} | entropy < {threshold:.6g} | {ratio:.2f} | {flops:.2f} | "
+                f"{per_batch[target]} | {measured:.2f} | **{measured / ratio:.2f}** |"
             )
+        lines.append(
+            f"| {name} | {batch_size} | `AutoModelForSequenceClassification` | — | — | {per_batch['hf']} | "
+            f"our full depth = **{seconds['hf'] / full:.2f}×** its throughput | — |"
+        )
 
 
 def main() -> None:
@@ -106,22 +114,16 @@ def main() -> None:
     torch.set_num_threads(2)
     tokenizer = load_tokenizer("minilm", path=args.model_dir)
     lines = [
-        "| model | batch | exit rule | speed-up ratio | ms per batch | measured speed-up | measured / ratio |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| model | batch | exit rule | speed-up ratio | FLOPs speed-up | ms per batch | measured speed-up "
+        "| measured / ratio |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     bench_model("all-MiniLM-L6-v2 (6 layers)", load_encoder("minilm", path=args.model_dir), tokenizer, args, lines)
-    base = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
+    bert_base = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+    encoder = load_encoder(
+        "bert-base", model_type="bert", random_init=True, config_overrides=bert_base, tokenizer=tokenizer
     )
-    bench_model(
-        "bert-base-sized, random (12 layers)",
-        load_encoder(
-            "bert-base", model_type="bert", random_init=True, config_overrides=base.to_diff_dict(), tokenizer=tokenizer
-        ),
-        tokenizer,
-        args,
-        lines,
-    )
+    bench_model("bert-base-sized, random (12 layers)", encoder, tokenizer, args, lines)
     print("# Real early-exit latency against the speed-up ratio\n")
     print(f"- Command: `python -m benchmarks.early_exit_latency --samples {args.samples} --repeats {args.repeats}`")
     print(f"- Machine: {machine()}")
