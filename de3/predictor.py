@@ -115,7 +115,7 @@ class EarlyExitPredictor:
         module = MultiExitModule.from_checkpoint(path)
         return cls(module.model, module.tokenizer, module.task, rule, threshold, params, **kwargs)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict_batch(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
     ) -> ExitPrediction:
