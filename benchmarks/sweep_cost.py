@@ -16,6 +16,8 @@ import statistics
 import time
 
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from benchmarks.per_exit_table import machine
 from de3.callbacks.exit_sweep import flops_model
@@ -26,16 +28,13 @@ from de3.models.backbone import EncoderBackbone, load_encoder, load_tokenizer
 from de3.models.exits import pool
 from de3.models.multi_exit import MultiExitModel
 from de3.sweep import sweep_split
+from de3.utils.config import REPO_ROOT
 
-RULES = {
-    "entropy": {},
-    "maxprob": {},
-    "patience": {},
-    "pcee": {"patience": 2},
-    "dr": {},
-    "edr": {"lam": 1.0},
-    "dge": {"divergence": "js", "window": 1},
-}
+
+def configured_rules() -> dict:
+    """Every rule with the parameters `conf/config.yaml` gives it (what the sweep callback uses)."""
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        return OmegaConf.to_container(compose("config").exit.params)
 
 
 @torch.no_grad()
@@ -55,6 +54,7 @@ def main() -> None:
     parser.add_argument("--thresholds", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    rules = configured_rules()
     torch.manual_seed(0)
     task = GLUE_TASKS[args.task]
     tokenizer = load_tokenizer("minilm", path=args.model_dir)
@@ -76,7 +76,7 @@ def main() -> None:
         started = time.perf_counter()
         cache = collect_exit_cache(model, loader)
         cached = time.perf_counter()
-        rows = sweep_split("validation", cache, task, RULES, costs, args.thresholds)
+        rows = sweep_split("validation", cache, task, rules, costs, args.thresholds)
         sweeps.append(time.perf_counter() - started)
         simulations.append(time.perf_counter() - cached)
         points = len(rows)
@@ -94,7 +94,7 @@ def main() -> None:
     print("|---|---:|")
     print(f"| full-depth eval pass (final exit only) | {eval_s:.2f} |")
     print(f"| sweep: cached pass (all exits + distances) + simulation | {sweep_s:.2f} |")
-    print(f"| of which simulation: {len(RULES)} rules, {points} (rule, threshold) points | {sim_s:.2f} |")
+    print(f"| of which simulation: {len(rules)} rules, {points} (rule, threshold) points | {sim_s:.2f} |")
     print(f"| **ratio sweep / eval pass** | **{sweep_s / eval_s:.2f}×** (target ≤ 1.2×) |")
 
 

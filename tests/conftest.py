@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 import de3  # noqa: F401  (registers resolvers)
+from de3.models.backbone import load_encoder, load_tokenizer
 from de3.models.char_tokenizer import bert_char_tokenizer
 from tests.glue_fixtures import write_glue
 
@@ -21,6 +22,15 @@ MINILM_DIR = SHARED / "models" / "all-MiniLM-L6-v2"
 
 needs_glue = pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"real GLUE data not found at {GLUE_DIR}")
 needs_minilm = pytest.mark.skipif(not MINILM_DIR.is_dir(), reason=f"all-MiniLM-L6-v2 not found at {MINILM_DIR}")
+
+
+def tiny_bert_encoder():
+    """(character tokenizer, random 2-layer BERT with hidden size 32), as `backbone=tiny_bert` builds them."""
+    tokenizer = load_tokenizer("tiny", model_type="bert")
+    overrides = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
+    return tokenizer, load_encoder(
+        "tiny", model_type="bert", random_init=True, tokenizer=tokenizer, config_overrides=overrides
+    )
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from transformers import AutoModel, BertConfig, RobertaConfig
 from de3.errors import De3Error
 from de3.models.backbone import EncoderBackbone, load_encoder, load_tokenizer
 from de3.models.char_tokenizer import CHAR_TOKENIZERS
-from tests.conftest import MINILM_DIR, needs_minilm
+from tests.conftest import MINILM_DIR, needs_minilm, tiny_bert_encoder
 
 
 def _batch(tokenizer):
@@ -42,14 +42,7 @@ def test_layer_by_layer_equals_hf_forward(model_type, config_class):
 
 
 def test_random_tiny_encoder_from_model_type():
-    tokenizer = load_tokenizer("tiny", model_type="bert")
-    encoder = load_encoder(
-        "tiny",
-        model_type="bert",
-        random_init=True,
-        tokenizer=tokenizer,
-        config_overrides={"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},
-    )
+    tokenizer, encoder = tiny_bert_encoder()
     backbone = EncoderBackbone(encoder)
     assert backbone.num_layers == 2 and backbone.hidden_size == 32
     assert encoder.config.vocab_size == len(tokenizer)

@@ -8,10 +8,11 @@ import torch.nn.functional as F
 
 from de3.errors import De3Error
 from de3.metrics import make_metric, predictions
-from de3.models.backbone import EncoderBackbone, load_encoder, load_tokenizer
+from de3.models.backbone import EncoderBackbone
 from de3.models.exits import pool
 from de3.models.losses import JointLoss, layer_weights
 from de3.models.multi_exit import MultiExitModel, MultiExitOutput
+from tests.conftest import tiny_bert_encoder
 
 
 def test_mean_pooling_ignores_padding():
@@ -43,14 +44,7 @@ def test_joint_loss_is_the_weighted_mean_of_exit_losses():
 
 
 def test_multi_exit_model_outputs_every_exit():
-    tokenizer = load_tokenizer("tiny", model_type="bert")
-    encoder = load_encoder(
-        "tiny",
-        model_type="bert",
-        random_init=True,
-        tokenizer=tokenizer,
-        config_overrides={"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},
-    )
+    tokenizer, encoder = tiny_bert_encoder()
     model = MultiExitModel(EncoderBackbone(encoder), num_outputs=3, pooling="mean").eval()
     batch = tokenizer(["one", "two words"], padding=True, return_tensors="pt")
     out = model(**batch)
