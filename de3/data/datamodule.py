@@ -91,7 +91,7 @@ class TextTaskDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None):
             self._load("train", self.train_limit)
-        if stage in ("fit", "validate", "test", None):
+        if stage in ("fit", "validate", None):
             for split in self.task.eval_splits:
                 self._load(split, self.eval_limit)
         if stage == "predict":
@@ -115,9 +115,6 @@ class TextTaskDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(split, shuffle=False) for split in self.task.eval_splits]
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return self.val_dataloader()
 
     def predict_dataloader(self) -> list[DataLoader]:
         return [self._loader(split, shuffle=False) for split in self.task.test_splits]
