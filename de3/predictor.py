@@ -167,16 +167,19 @@ class EarlyExitPredictor:
             if not all(text.strip() for text in pair):
                 raise De3Error(f"input {index}: empty text")
         columns = [list(c) for c in zip(*pairs)]
-        full = self.tokenizer(*columns)["input_ids"]
-        too_long = sum(len(ids) > self.max_seq_length for ids in full)
-        if too_long:
-            log.warning(
-                "%d of %d inputs are longer than max_seq_length=%d tokens and were truncated",
-                too_long,
-                len(pairs),
-                self.max_seq_length,
-            )
         encoded = self.tokenizer(*columns, truncation=True, max_length=self.max_seq_length)
+        # Only inputs that fill max_seq_length can have been cut: measure those alone untruncated.
+        at_limit = [i for i, ids in enumerate(encoded["input_ids"]) if len(ids) == self.max_seq_length]
+        if at_limit:
+            full = self.tokenizer(*([column[i] for i in at_limit] for column in columns))["input_ids"]
+            too_long = sum(len(ids) > self.max_seq_length for ids in full)
+            if too_long:
+                log.warning(
+                    "%d of %d inputs are longer than max_seq_length=%d tokens and were truncated",
+                    too_long,
+                    len(pairs),
+                    self.max_seq_length,
+                )
         return [{key: encoded[key][i] for key in encoded} for i in range(len(pairs))]
 
     def predict(self, texts: Sequence[str | Sequence[str]]) -> ExitPrediction:
