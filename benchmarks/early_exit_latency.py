@@ -26,11 +26,10 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from benchmarks.per_exit_table import machine
-from de3.callbacks.exit_sweep import flops_model
 from de3.data.datamodule import TextTaskDataModule
 from de3.data.tasks import GLUE_TASKS
 from de3.exit_cache import collect_exit_cache
-from de3.flops import layer_speedup
+from de3.flops import FlopsModel, layer_speedup
 from de3.models.backbone import EncoderBackbone, load_encoder, load_tokenizer
 from de3.models.exit_rules import RULES, decide, rule_indicator
 from de3.models.multi_exit import MultiExitModel
@@ -62,7 +61,7 @@ def thresholds_for(model, loader, task) -> dict[float, tuple[float, float, float
     cache = collect_exit_cache(model, loader)
     rule = RULES["entropy"]
     indicator = rule_indicator(rule, cache.logits, None, {})
-    costs = flops_model(model)
+    costs = FlopsModel.of(model)
     points = []
     for threshold in threshold_grid(rule, indicator, 400):
         layers, _ = decide(rule, cache.logits, indicator, threshold, False)

@@ -20,10 +20,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from benchmarks.per_exit_table import machine
-from de3.callbacks.exit_sweep import flops_model
 from de3.data.datamodule import TextTaskDataModule
 from de3.data.tasks import GLUE_TASKS
 from de3.exit_cache import collect_exit_cache
+from de3.flops import FlopsModel
 from de3.models.backbone import EncoderBackbone, load_encoder, load_tokenizer
 from de3.models.exits import pool
 from de3.models.multi_exit import MultiExitModel
@@ -69,7 +69,7 @@ def main() -> None:
     datamodule = TextTaskDataModule(task, tokenizer, data_dir=args.glue_dir, source="local", eval_batch_size=64)
     datamodule.setup("validate")
     loader = datamodule.val_dataloader()[0]
-    costs = flops_model(model)
+    costs = FlopsModel.of(model)
     evals, sweeps, simulations, points = [], [], [], 0
     for _ in range(args.repeats):
         evals.append(eval_pass(model, loader))

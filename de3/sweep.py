@@ -8,6 +8,7 @@ early-exit inference uses.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,6 +25,7 @@ from de3.flops import FlopsModel, layer_speedup  # noqa: E402
 from de3.metrics import make_metric, predictions  # noqa: E402
 from de3.models.exit_rules import RULES, ExitRule, decide, rule_indicator  # noqa: E402
 
+log = logging.getLogger(__name__)
 Row = dict[str, Any]
 # distinct per rule, so that coinciding curves (entropy and maxprob when C = 2) stay visible
 MARKERS, LINES = "os^Dvx*P", ("-", "--", "-.", ":")
@@ -81,7 +83,15 @@ def sweep_split(
     for name, params in applicable_rules(task, cache, rules).items():
         rule = RULES[name]
         indicator = rule_indicator(rule, cache.logits, cache.distances, params)
-        for threshold in threshold_grid(rule, indicator, num_thresholds, (extra_thresholds or {}).get(name, ())):
+        grid = threshold_grid(rule, indicator, num_thresholds, (extra_thresholds or {}).get(name, ()))
+        if not grid:
+            log.warning(
+                "rule %s (%s) cannot exit before the last of %d layers here: left out of the sweep",
+                name,
+                json.dumps(dict(params)),
+                cache.num_layers,
+            )
+        for threshold in grid:
             layers, answers = decide(rule, cache.logits, indicator, threshold, task.is_regression)
             rows.append(
                 {

@@ -17,7 +17,8 @@ from tests.conftest import GLUE_DIR, MINILM_DIR, needs_glue, needs_minilm
 PARAMS = {"edr": {"lam": 1.0}, "pcee": {"patience": 2}, "dge": {"divergence": "js", "window": 1}}
 
 
-def make_module(task: str, backbone: dict) -> MultiExitModule:
+def make_module(task: str, backbone: dict, bypass: bool = False) -> MultiExitModule:
+    """A random multi-exit module; prototypes (classification) and bypasses get random values too."""
     torch.manual_seed(0)
     module = MultiExitModule(
         task={"name": task},
@@ -26,7 +27,11 @@ def make_module(task: str, backbone: dict) -> MultiExitModule:
         exits={"pooling": backbone.pop("pooling", "cls")},
         optimizer={"lr": 1e-4, "weight_decay": 0.0, "warmup_ratio": 0.0},
         prototypes=None if GLUE_TASKS[task].is_regression else {"dim": 16},
+        bypass={"enabled": bypass, "block_size": 2, "rank": 8},
     ).eval()
+    if module.model.bypass is not None:
+        for block in module.model.bypass.blocks:
+            torch.nn.init.normal_(block.up.weight, std=0.5)
     if module.model.prototypes is not None:
         module.model.prototypes.prototypes.normal_()
         module.model.prototypes.initialized.fill_(True)
@@ -77,9 +82,9 @@ def assert_real_equals_simulated(module, loader, quantiles=(0.05, 0.3, 0.6)):
     return checked
 
 
-@pytest.mark.parametrize("task", ["rte", "mnli", "stsb"])
-def test_tiny_model_real_exit_matches_simulation(task, glue_dir, char_tokenizer):
-    module = make_module(task, tiny_backbone())
+@pytest.mark.parametrize("task, bypass", [("rte", False), ("mnli", False), ("stsb", False), ("rte", True)])
+def test_tiny_model_real_exit_matches_simulation(task, bypass, glue_dir, char_tokenizer):
+    module = make_module(task, tiny_backbone(), bypass)
     dm = TextTaskDataModule(module.task, module.tokenizer, data_dir=glue_dir, source="local", eval_batch_size=4)
     dm.setup("validate")
     assert assert_real_equals_simulated(module, dm.val_dataloader()[0]) >= (2 if task == "stsb" else 17)

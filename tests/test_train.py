@@ -80,7 +80,7 @@ def test_multirun_gives_one_output_dir_per_job(tmp_path, glue_dir):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p.parent for p in tmp_path.glob("multiruns/*/*/results.json"))
-    assert [p.name for p in jobs] == ["0_rte-tiny_bert-seed42", "1_mrpc-tiny_bert-seed42"]
+    assert [p.name for p in jobs] == ["0_joint-rte-tiny_bert-seed42", "1_joint-mrpc-tiny_bert-seed42"]
     for job in jobs:  # W&B (offline, the default logger) wrote one run per job
         assert len(list(job.glob("wandb/offline-run-*"))) == 1
 

@@ -15,25 +15,12 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
 from de3.exit_cache import ExitCache, collect_exit_cache, save_exit_caches
-from de3.flops import FlopsModel
+from de3.flops import FlopsModel, cost_markdown
 from de3.models.exit_rules import get_rule
 from de3.sweep import full_depth_scores, plot_sweep, summarize, summary_markdown, sweep_split
 from de3.utils.io import csv_text, write_text_atomic
 
 log = logging.getLogger(__name__)
-
-
-def flops_model(model: Any) -> FlopsModel:
-    """The FLOPs costs of a `MultiExitModel`."""
-    config = model.backbone.config
-    prototypes = model.prototypes
-    return FlopsModel(
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_layers=model.num_layers,
-        exit_head=model.exits[0].flops(),
-        prototype=0 if prototypes is None else prototypes.flops_per_layer(),
-    )
 
 
 class ExitSweep(L.Callback):
@@ -72,7 +59,7 @@ class ExitSweep(L.Callback):
             for split, loader in zip(task.eval_splits, trainer.datamodule.val_dataloader())
         }
         cached = time.perf_counter()
-        costs = flops_model(model)
+        costs = FlopsModel.of(model)
         rows = [
             row
             for split, cache in caches.items()
@@ -81,7 +68,9 @@ class ExitSweep(L.Callback):
         full_depth = {split: full_depth_scores(task, cache) for split, cache in caches.items()}
         summary = summarize(rows, task.main_metric, self.target_speedups)
         self.timings = {"cache_pass_s": cached - started, "simulation_s": time.perf_counter() - cached}
-        self._write(rows, summary, full_depth, caches, task.main_metric, model.num_layers)
+        first_cache = next(iter(caches.values()))
+        cost = cost_markdown(model, float(first_cache.lengths.double().mean()))
+        self._write(rows, summary, full_depth, caches, task.main_metric, model.num_layers, cost)
         self._log_wandb(trainer, rows, summary, task.main_metric)
         log.info(
             "sweep: %d points (%d rules) in %.1fs + %.1fs cache pass; files in %s",
@@ -92,12 +81,17 @@ class ExitSweep(L.Callback):
             self.output_dir,
         )
 
-    def _write(self, rows, summary, full_depth, caches, metric: str, num_layers: int) -> None:
+    def _write(self, rows, summary, full_depth, caches, metric: str, num_layers: int, cost: str) -> None:
         out = self.output_dir
         save_exit_caches(out / "exit_cache.pt", caches)
         write_text_atomic(out / "sweep.csv", csv_text(rows))
         plot_sweep(rows, metric, full_depth, num_layers, out / "sweep.png")
-        write_text_atomic(out / "summary.md", summary_markdown(summary, metric, full_depth, self.target_speedups))
+        write_text_atomic(
+            out / "summary.md",
+            summary_markdown(summary, metric, full_depth, self.target_speedups)
+            + "\n## Model cost (counted in flops_speedup)\n\n"
+            + cost,
+        )
         first = next(iter(summary.values()))
         deploy = {
             rule: {

@@ -1,4 +1,10 @@
-"""Training losses over all exits. Each is configured by the `loss` config group."""
+"""Training schemes over all exits, one per `loss` config: the loss to optimise and, for the
+schemes that train in stages, which parameters each stage trains.
+
+A scheme with stages (DeeBERT's two-stage, FastBERT's self-distillation) splits the run's
+optimizer steps by `stage_fractions`; `MultiExitModule` calls `enter_stage` when a stage
+begins (also on resume) and restarts the learning-rate schedule there.
+"""
 
 from __future__ import annotations
 
@@ -30,19 +36,99 @@ def per_exit_task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: b
     return flat.view(num_layers, batch).mean(1)
 
 
+def stage_starts(fractions: tuple[float, ...], total_steps: int) -> list[int]:
+    """The optimizer step at which each stage begins, for stages taking `fractions` of the steps."""
+    bounds = torch.tensor(fractions, dtype=torch.float64).cumsum(0)[:-1] * total_steps
+    return [0, *(int(round(b)) for b in bounds.tolist())]
+
+
 class JointLoss(nn.Module):
-    """Weighted mean of every exit's task loss: Σ_m w_m·ℓ(z⁽ᵐ⁾, y) / Σ_m w_m (PABEE's joint training)."""
+    """Weighted mean of every exit's task loss: Σ_m w_m·ℓ(z⁽ᵐ⁾, y) / Σ_m w_m (PABEE's joint training).
+
+    One stage; the base of every scheme (`stage_fractions`, `enter_stage`).
+    """
+
+    stage_fractions: tuple[float, ...] = (1.0,)
 
     def __init__(self, weighting: str = "ascending") -> None:
         super().__init__()
         layer_weights(1, weighting)  # validate early, before any training
         self.weighting = weighting
 
-    def forward(self, output: MultiExitOutput, labels: torch.Tensor, regression: bool) -> dict[str, torch.Tensor]:
+    @property
+    def num_stages(self) -> int:
+        return len(self.stage_fractions)
+
+    def enter_stage(self, stage: int, model: nn.Module) -> None:
+        """Set which parameters of the `MultiExitModel` train in `stage` (0-based): all of them here."""
+
+    def forward(
+        self, output: MultiExitOutput, labels: torch.Tensor, regression: bool, stage: int = 0
+    ) -> dict[str, torch.Tensor]:
         """→ {"loss": scalar to optimise, "exit_losses": [L] per-exit task losses (detached)}."""
         losses = per_exit_task_loss(output.logits, labels, regression)
         weights = layer_weights(len(losses), self.weighting).to(losses.device)
         return {"loss": (weights * losses).sum() / weights.sum(), "exit_losses": losses.detach()}
+
+
+class TwoStageLoss(JointLoss):
+    """DeeBERT's two-stage training. Stage 1 (the first `first_stage` fraction of the steps):
+    only the backbone and the final exit train, on the final exit's task loss, as in ordinary
+    fine-tuning. Stage 2: they are frozen; the internal exits (with their bypasses and
+    prototype mappings, if any) learn the task, their losses combined by `weighting`.
+    """
+
+    def __init__(self, first_stage: float = 0.5, weighting: str = "uniform") -> None:
+        super().__init__(weighting)
+        if not 0.0 < first_stage < 1.0:
+            raise De3Error(f"loss.first_stage is the fraction of the steps in stage 1: in (0, 1), got {first_stage}")
+        self.stage_fractions = (first_stage, 1.0 - first_stage)
+
+    def enter_stage(self, stage: int, model: nn.Module) -> None:
+        # Frozen, not just left out of the loss: AdamW's weight decay moves any parameter that has a gradient.
+        model.requires_grad_(stage == 1)
+        for module in (model.backbone, model.exits[-1]):
+            module.requires_grad_(stage == 0)
+
+    def internal_losses(self, output: MultiExitOutput, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+        """Stage 2: → [L−1] losses of the internal exits (their task losses here)."""
+        return per_exit_task_loss(output.logits[:-1], labels, regression)
+
+    def forward(
+        self, output: MultiExitOutput, labels: torch.Tensor, regression: bool, stage: int = 0
+    ) -> dict[str, torch.Tensor]:
+        task_losses = per_exit_task_loss(output.logits, labels, regression)
+        parts = {"exit_losses": task_losses.detach()}
+        if stage == 0:
+            parts["loss"] = task_losses[-1]
+            return parts
+        losses = self.internal_losses(output, labels, regression)
+        weights = layer_weights(len(losses), self.weighting).to(losses.device)
+        parts["loss"] = (weights * losses).sum() / weights.sum()
+        return parts
+
+
+class DistillLoss(TwoStageLoss):
+    """FastBERT's self-distillation: stage 1 as in `TwoStageLoss`; in stage 2 each internal exit
+    learns the (frozen, detached) final exit's distribution, T²·KL(p_L^T ‖ p_m^T) with
+    temperature T, instead of the labels. Regression: MSE to the final exit's output.
+    """
+
+    def __init__(self, first_stage: float = 0.5, weighting: str = "uniform", temperature: float = 1.0) -> None:
+        super().__init__(first_stage, weighting)
+        if temperature <= 0:
+            raise De3Error(f"loss.temperature must be positive, got {temperature}")
+        self.temperature = temperature
+
+    def internal_losses(self, output: MultiExitOutput, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+        teacher = output.logits[-1].detach()  # [B, C]
+        students = output.logits[:-1]  # [L−1, B, C]
+        if regression:
+            return (students[..., 0] - teacher[:, 0]).pow(2).mean(1)
+        t = self.temperature
+        target = F.log_softmax(teacher / t, dim=-1).expand_as(students)
+        kl = F.kl_div(F.log_softmax(students / t, dim=-1), target, log_target=True, reduction="none")
+        return kl.sum(-1).mean(1) * t * t
 
 
 class De3Loss(JointLoss):
@@ -55,11 +141,13 @@ class De3Loss(JointLoss):
         self.alpha = alpha
         self.tau = tau
 
-    def forward(self, output: MultiExitOutput, labels: torch.Tensor, regression: bool) -> dict[str, torch.Tensor]:
+    def forward(
+        self, output: MultiExitOutput, labels: torch.Tensor, regression: bool, stage: int = 0
+    ) -> dict[str, torch.Tensor]:
         """→ the joint loss's parts, the total with α·DAR added, and "dar": [L−1] (detached)."""
         if output.distances is None:
             raise De3Error("loss=de3 needs prototypes: set model.prototypes (loss=de3 does by default)")
-        parts = super().forward(output, labels, regression)
+        parts = super().forward(output, labels, regression, stage)
         dar = dar_loss(output.distances, labels, self.tau)
         parts["loss"] = parts["loss"] + self.alpha * dar.mean()
         parts["dar"] = dar.detach()

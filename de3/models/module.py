@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import bisect
+import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MetricCollection
-from transformers import get_linear_schedule_with_warmup
 
 from de3.data.tasks import task_from_config
 from de3.errors import De3Error
 from de3.metrics import make_metric, predictions
 from de3.models.backbone import EncoderBackbone, load_encoder, load_tokenizer
+from de3.models.losses import stage_starts
 from de3.models.multi_exit import MultiExitModel, MultiExitOutput
+
+log = logging.getLogger(__name__)
 
 
 class MultiExitModule(L.LightningModule):
@@ -38,6 +44,7 @@ class MultiExitModule(L.LightningModule):
         exits: Mapping[str, Any],
         optimizer: Mapping[str, Any],
         prototypes: Mapping[str, Any] | None = None,
+        bypass: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # Plain containers, so checkpoints load with torch.load(weights_only=True).
@@ -45,7 +52,13 @@ class MultiExitModule(L.LightningModule):
             {
                 name: OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else dict(value)
                 for name, value in dict(
-                    task=task, backbone=backbone, loss=loss, exits=exits, optimizer=optimizer, prototypes=prototypes
+                    task=task,
+                    backbone=backbone,
+                    loss=loss,
+                    exits=exits,
+                    optimizer=optimizer,
+                    prototypes=prototypes,
+                    bypass=bypass,
                 ).items()
                 if value is not None
             }
@@ -63,6 +76,7 @@ class MultiExitModule(L.LightningModule):
             self.task.num_outputs,
             **self.hparams.exits,
             prototypes=self.hparams.get("prototypes"),
+            bypass=self.hparams.get("bypass"),
         )
         self.model.train()  # `from_pretrained` leaves the encoder in eval mode; Lightning keeps modes as found
         self.loss_fn = instantiate(self.hparams.loss)
@@ -75,6 +89,7 @@ class MultiExitModule(L.LightningModule):
         )
         self.eval_scores: dict[str, dict[str, list[float]]] = {}
         self._prototype_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._entered_stage: int | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> MultiExitModule:
@@ -97,6 +112,19 @@ class MultiExitModule(L.LightningModule):
         """A tokenized batch → every exit's outputs."""
         return self.model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
 
+    def stage_at(self, step: int) -> int:
+        """The training scheme's stage (0-based) of optimizer step `step`."""
+        starts = stage_starts(self.loss_fn.stage_fractions, int(self.trainer.estimated_stepping_batches))
+        return bisect.bisect_right(starts, max(step, 0)) - 1
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        stage = self.stage_at(self.global_step)
+        if stage != self._entered_stage:
+            self.loss_fn.enter_stage(stage, self.model)
+            self._entered_stage = stage
+            if self.loss_fn.num_stages > 1:
+                log.info("training stage %d of %d from step %d", stage + 1, self.loss_fn.num_stages, self.global_step)
+
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         labels = batch["labels"]
         output = self(batch)
@@ -106,7 +134,7 @@ class MultiExitModule(L.LightningModule):
             if prototypes.update(output.mapped.detach(), labels, only_missing=True):
                 output.distances = prototypes.distances(output.mapped)
             self._prototype_batch = (output.mapped.detach(), labels)
-        losses = self.loss_fn(output, labels, self.task.is_regression)
+        losses = self.loss_fn(output, labels, self.task.is_regression, self._entered_stage or 0)
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=len(labels))
         if "dar" in losses:
             self.log("train/dar", losses["dar"].mean(), batch_size=len(labels))
@@ -133,8 +161,17 @@ class MultiExitModule(L.LightningModule):
             for name, values in self.eval_scores[split].items():
                 for layer, value in enumerate(values, start=1):
                     self.log(f"{split}/{name}/exit{layer}", value)
-        # The final exit's main score on the first eval split selects checkpoints.
-        self.log("val_score", self.eval_scores[self.task.eval_splits[0]][self.task.main_metric][-1], prog_bar=True)
+        self.log("val_score", self.selection_score(), prog_bar=True)
+
+    def selection_score(self) -> float:
+        """What selects checkpoints: the main metric on the first eval split, averaged over all
+        exits (every exit serves some inputs). −∞ before the last stage of a staged scheme, so
+        that a model whose internal exits are not trained yet is never the one kept."""
+        fitting = self.trainer.state.fn == TrainerFn.FITTING
+        last_stage = self.loss_fn.num_stages - 1
+        if fitting and last_stage > 0 and self.stage_at(self.global_step - 1) < last_stage:
+            return float("-inf")
+        return sum(self.eval_scores[self.task.eval_splits[0]][self.task.main_metric]) / self.model.num_layers
 
     def configure_optimizers(self) -> dict[str, Any]:
         no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
@@ -148,6 +185,24 @@ class MultiExitModule(L.LightningModule):
         ]
         optimizer = torch.optim.AdamW(groups, lr=self.hparams.optimizer["lr"])
         total_steps = int(self.trainer.estimated_stepping_batches)
-        warmup_steps = int(self.hparams.optimizer["warmup_ratio"] * total_steps)
-        scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+        starts = stage_starts(self.loss_fn.stage_fractions, total_steps)
+        scheduler = LambdaLR(
+            optimizer, staged_linear_schedule(starts, total_steps, self.hparams.optimizer["warmup_ratio"])
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def staged_linear_schedule(starts: list[int], total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    """The learning-rate factor at each step: within every stage (beginning at `starts`), linear
+    warm-up over `warmup_ratio` of the stage's steps, then linear decay to 0 at its end."""
+
+    def factor(step: int) -> float:
+        stage = bisect.bisect_right(starts, step) - 1
+        begin, end = starts[stage], starts[stage + 1] if stage + 1 < len(starts) else total_steps
+        length, done = max(end - begin, 1), step - begin
+        warmup = int(warmup_ratio * length)
+        if done < warmup:
+            return done / warmup
+        return max(0.0, (length - done) / max(1, length - warmup))
+
+    return factor

@@ -1,5 +1,6 @@
 """The multi-exit network: a backbone with an exit head after every layer, and optionally
-prototypical networks on the internal layers (DE³)."""
+prototypical networks on the internal layers (DE³) and block-wise bypasses before the
+internal exits (BADGE). Both are switches on the one model, and combine."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import nn
 
 from de3.errors import De3Error
 from de3.models.backbone import EncoderBackbone
+from de3.models.bypass import BlockBypasses
 from de3.models.exits import POOLINGS, ExitHead, pool
 from de3.models.prototypes import PrototypicalNetworks
 
@@ -33,7 +35,8 @@ class MultiExitModel(nn.Module):
 
     `forward` runs every layer (training, caching for the sweep); `exit_logits` is the piece
     that layer-by-layer early-exit inference calls after each layer. `prototypes` is None
-    unless the model was built with `prototypes` settings (DE³).
+    unless the model was built with `prototypes` settings (DE³); `bypass` is None unless
+    built with `bypass` settings whose `enabled` is true (BADGE).
     """
 
     def __init__(
@@ -43,6 +46,7 @@ class MultiExitModel(nn.Module):
         pooling: str = "cls",
         dropout: float = 0.1,
         prototypes: dict | None = None,
+        bypass: dict | None = None,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -57,6 +61,12 @@ class MultiExitModel(nn.Module):
             if prototypes is None
             else PrototypicalNetworks(backbone.num_layers - 1, backbone.hidden_size, num_outputs, **prototypes)
         )
+        bypass = dict(bypass or {})
+        self.bypass = (
+            BlockBypasses(backbone.num_layers - 1, backbone.hidden_size, **bypass)
+            if bypass.pop("enabled", False)
+            else None
+        )
 
     @property
     def num_layers(self) -> int:
@@ -65,8 +75,11 @@ class MultiExitModel(nn.Module):
     def exit_logits(
         self, index: int, hidden: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exit `index` (0-based) on layer output [B, T, H] → (logits [B, C], pooled [B, H])."""
+        """Exit `index` (0-based) on layer output [B, T, H] → (logits [B, C], the vector the exit
+        read [B, H]: the pooled layer output, through its block's bypass when there is one)."""
         pooled = pool(hidden, attention_mask, self.pooling)
+        if self.bypass is not None and index < self.num_layers - 1:
+            pooled = self.bypass(index, pooled)
         return self.exits[index](pooled), pooled
 
     def final_logits(
