@@ -25,6 +25,7 @@ from de3.predictor import EarlyExitPredictor, resolve_threshold
 from de3.results import print_results, save_results
 from de3.sweep import score
 from de3.utils.io import csv_text, write_text_atomic
+from de3.utils.provenance import git_commit
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ def _report(
                 "checkpoint": checkpoint,
                 "global_step": trainer.global_step,
                 "wall_time_s": round(time.perf_counter() - started, 1),
+                "git_commit": git_commit(),
+                "config": OmegaConf.to_container(cfg, resolve=True),
             },
         )
         log.info("results written to %s", output_dir)

@@ -29,6 +29,8 @@ def test_train_writes_per_exit_results(tiny_config, task, tmp_path):
     assert score == pytest.approx(first[next(iter(first))][-1])
     assert (tmp_path / "results.md").read_text().startswith("### ")
     assert Path(results["checkpoint"]).is_file()
+    assert results["config"]["task"]["name"] == task and results["config"]["seed"] == cfg.seed
+    assert results["git_commit"] is None or len(results["git_commit"].split("-")[0]) == 40
 
 
 def test_checkpoint_reloads_the_same_model(tiny_config, tmp_path):
