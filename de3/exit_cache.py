@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from de3.models.multi_exit import MultiExitModel
+from de3.utils.io import atomic_path
 
 
 @dataclass
@@ -79,11 +80,9 @@ def collect_exit_cache(
 
 def save_exit_caches(path: str | Path, caches: dict[str, ExitCache]) -> Path:
     """Save {split: cache} to one `torch.load(weights_only=True)`-able file (mapped vectors dropped)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({split: {**cache.to_dict(), "mapped": None} for split, cache in caches.items()}, tmp)
-    tmp.replace(path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save({split: {**cache.to_dict(), "mapped": None} for split, cache in caches.items()}, tmp)
+    return Path(path)
 
 
 def load_exit_caches(path: str | Path) -> dict[str, ExitCache]:

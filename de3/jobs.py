@@ -13,8 +13,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from de3.callbacks.wandb_run_id import stored_wandb_run_id
 from de3.data.inputs import read_inputs
 from de3.data.sources import load_split
 from de3.data.tasks import TaskSpec, task_from_config
@@ -77,16 +78,51 @@ def _report(
     return scores[model.task.eval_splits[0]][model.task.main_metric][-1]
 
 
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint `train` continues from: `ckpt_path` as a file, or "last" for this run
+    folder's last checkpoint (rerun a killed run's command with `hydra.run.dir=<its folder>
+    ckpt_path=last`; a folder with no checkpoint yet starts from the beginning)."""
+    path = cfg.get("ckpt_path")
+    if path is None:
+        return None
+    if str(path) == "last":
+        checkpoints = cfg.get("callbacks", {}).get("model_checkpoint") or {}
+        last = Path(checkpoints.get("dirpath") or Path(cfg.paths.output_dir) / "checkpoints") / "last.ckpt"
+        if not last.is_file():
+            log.warning("ckpt_path=last: there is no %s yet; training from the start", last)
+            return None
+        path = last
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise De3Error(f"ckpt_path: no checkpoint file at {path}")
+    log.info("resuming from %s", path)
+    return str(path)
+
+
+def continue_wandb_run(cfg: DictConfig, checkpoint: str) -> None:
+    """Point the W&B logger at the run id stored in `checkpoint`, so the resumed run continues it."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    run_id = stored_wandb_run_id(checkpoint)
+    if wandb_cfg is not None and run_id:
+        with open_dict(cfg):
+            wandb_cfg.id = run_id
+            wandb_cfg.resume = "allow"
+        log.info("continuing W&B run %s", run_id)
+
+
 def train(cfg: DictConfig) -> float:
     """Seed, fit, re-evaluate the best checkpoint on the eval splits (the sweep callback runs
     there), print and save per-exit scores. Returns the best checkpoint's main score (final
     exit, first eval split), for Hydra sweepers."""
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
+    resume_from = resume_checkpoint(cfg)
+    if resume_from is not None:
+        continue_wandb_run(cfg, resume_from)
     model = instantiate(cfg.model)
     datamodule = build_datamodule(cfg, task_from_config(cfg.task), model.tokenizer, "fit")
     trainer = build_trainer(cfg)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
     if trainer.interrupted:
         raise De3Error("training was interrupted; no results were written")
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

@@ -24,6 +24,7 @@ from de3.exit_cache import ExitCache  # noqa: E402
 from de3.flops import FlopsModel, layer_speedup  # noqa: E402
 from de3.metrics import make_metric, predictions  # noqa: E402
 from de3.models.exit_rules import RULES, ExitRule, decide, rule_indicator  # noqa: E402
+from de3.utils.io import atomic_path  # noqa: E402
 
 log = logging.getLogger(__name__)
 Row = dict[str, Any]
@@ -233,5 +234,6 @@ def plot_sweep(
         "Speed–accuracy trade-off per exit rule\n(faint: every threshold; markers: Pareto points)", fontsize=11
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)

@@ -14,6 +14,7 @@ import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
+from de3.errors import De3Error
 from de3.exit_cache import ExitCache, collect_exit_cache, save_exit_caches
 from de3.flops import FlopsModel, cost_markdown
 from de3.models.exit_rules import get_rule
@@ -70,7 +71,13 @@ class ExitSweep(L.Callback):
         self.timings = {"cache_pass_s": cached - started, "simulation_s": time.perf_counter() - cached}
         first_cache = next(iter(caches.values()))
         cost = cost_markdown(model, float(first_cache.lengths.double().mean()))
-        self._write(rows, summary, full_depth, caches, task.main_metric, model.num_layers, cost)
+        try:
+            self._write(rows, summary, full_depth, caches, task.main_metric, model.num_layers, cost)
+        except OSError as err:
+            raise De3Error(
+                f"could not write the sweep's files to {self.output_dir}: {err}. "
+                f"Files written before the failure are complete; rerun with mode=sweep ckpt_path=<checkpoint>"
+            ) from err
         self._log_wandb(trainer, rows, summary, task.main_metric)
         log.info(
             "sweep: %d points (%d rules) in %.1fs + %.1fs cache pass; files in %s",

@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import WandbLogger  # noqa: E402
 from lightning.pytorch.trainer.states import TrainerFn  # noqa: E402
 
 from de3.exit_cache import collect_exit_cache  # noqa: E402
+from de3.utils.io import atomic_path  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ def plot_prototype_projection(
     axes[0][0].legend(loc="best", fontsize=8, markerscale=2)
     fig.suptitle("dev samples (dots) and class prototypes (stars), PCA of the metric space")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return path
 

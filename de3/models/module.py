@@ -135,10 +135,22 @@ class MultiExitModule(L.LightningModule):
                 output.distances = prototypes.distances(output.mapped)
             self._prototype_batch = (output.mapped.detach(), labels)
         losses = self.loss_fn(output, labels, self.task.is_regression, self._entered_stage or 0)
+        if not torch.isfinite(losses["loss"]):
+            raise De3Error(self._nonfinite_loss_message(losses["loss"], batch_idx))
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=len(labels))
         if "dar" in losses:
             self.log("train/dar", losses["dar"].mean(), batch_size=len(labels))
         return losses["loss"]
+
+    def _nonfinite_loss_message(self, loss: torch.Tensor, batch_idx: int) -> str:
+        checkpoint = self.trainer.checkpoint_callback
+        last_good = (checkpoint.last_model_path or checkpoint.best_model_path) if checkpoint else ""
+        return (
+            f"training stopped: the loss is {loss.item()} at step {self.global_step} "
+            f"(epoch {self.current_epoch}, batch {batch_idx}). Last good checkpoint: "
+            + (f"{last_good} (continue with ckpt_path={last_good})" if last_good else "none saved yet")
+            + ". Lower model.optimizer.lr, or check the data for extreme values."
+        )
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """After the optimizer step: fold the batch's class means into the prototypes (EMA)."""
