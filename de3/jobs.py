@@ -21,6 +21,7 @@ from de3.data.sources import load_split
 from de3.data.tasks import TaskSpec, task_from_config
 from de3.errors import De3Error
 from de3.flops import layer_speedup
+from de3.models.exit_rules import get_rule
 from de3.models.module import MultiExitModule
 from de3.predictor import EarlyExitPredictor, resolve_threshold
 from de3.results import print_results, save_results
@@ -86,7 +87,7 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     if path is None:
         return None
     if str(path) == "last":
-        checkpoints = cfg.get("callbacks", {}).get("model_checkpoint") or {}
+        checkpoints = (cfg.get("callbacks") or {}).get("last_checkpoint") or {}
         last = Path(checkpoints.get("dirpath") or Path(cfg.paths.output_dir) / "checkpoints") / "last.ckpt"
         if not last.is_file():
             log.warning("ckpt_path=last: there is no %s yet; training from the start", last)
@@ -219,4 +220,5 @@ def run(cfg: DictConfig) -> float:
     """Dispatch on `cfg.mode`."""
     if cfg.mode not in JOBS:
         raise De3Error(f"unknown mode {cfg.mode!r}; choose from {sorted(JOBS)}")
+    get_rule(cfg.exit.rule)  # a misspelt rule fails now, not after hours of training
     return JOBS[cfg.mode](cfg)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,16 @@ def tiny_config(tmp_path: Path, glue_dir: Path):
 
     yield make
     GlobalHydra.instance().clear()
+
+
+def run_cli(*args: str, cwd: Path, glue_dir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python run.py *args` as a user runs it, logs under `cwd`, on the fake GLUE files."""
+    env = {**os.environ, "DE3_GLUE_DIR": str(glue_dir), "WANDB_SILENT": "true"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "run.py"), *args, f"paths.log_dir={cwd}"],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )

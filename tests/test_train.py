@@ -1,9 +1,6 @@
 """End to end: the real config composed and shrunk, `train`, and `run.py` as users call it."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +9,7 @@ from hydra.utils import instantiate
 
 from de3.jobs import train
 from de3.models.module import MultiExitModule
-from tests.conftest import REPO, compose_config
+from tests.conftest import compose_config, run_cli
 
 
 @pytest.mark.parametrize("task", ["rte", "stsb", "mnli", "cola"])
@@ -57,20 +54,8 @@ def test_every_backbone_and_task_config_composes(tiny_config, tmp_path):
     assert instantiate(cfg.loss).weighting == "ascending"
 
 
-def _run(*args: str, cwd: Path, glue_dir: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DE3_GLUE_DIR": str(glue_dir), "WANDB_SILENT": "true"}
-    return subprocess.run(
-        [sys.executable, str(REPO / "run.py"), *args, f"paths.log_dir={cwd}"],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=300,
-    )
-
-
 def test_multirun_gives_one_output_dir_per_job(tmp_path, glue_dir):
-    result = _run(
+    result = run_cli(
         "-m",
         "task=rte,mrpc",
         "backbone=tiny_bert",
@@ -101,7 +86,7 @@ def test_multirun_gives_one_output_dir_per_job(tmp_path, glue_dir):
     ],
 )
 def test_bad_input_stops_with_one_clear_message(tmp_path, glue_dir, overrides, message):
-    result = _run("backbone=tiny_bert", "logger=csv", *overrides, cwd=tmp_path, glue_dir=glue_dir)
+    result = run_cli("backbone=tiny_bert", "logger=csv", *overrides, cwd=tmp_path, glue_dir=glue_dir)
     assert result.returncode == 2
     assert message in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
@@ -109,6 +94,6 @@ def test_bad_input_stops_with_one_clear_message(tmp_path, glue_dir, overrides, m
 
 
 def test_unknown_task_lists_the_choices(tmp_path, glue_dir):
-    result = _run("task=imdb", cwd=tmp_path, glue_dir=glue_dir)
+    result = run_cli("task=imdb", cwd=tmp_path, glue_dir=glue_dir)
     assert result.returncode != 0
     assert "Could not find 'task/imdb'" in result.stderr and "rte" in result.stderr

@@ -15,6 +15,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from de3.data.sampling import EpochShuffleSampler
 from de3.data.sources import Example, load_split
 from de3.data.tasks import TaskSpec
+from de3.errors import De3Error
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ class TextTaskDataModule(L.LightningDataModule):
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
+        for name, limit in (("train_limit", train_limit), ("eval_limit", eval_limit)):
+            if limit is not None and limit < 1:
+                raise De3Error(f"data.{name}={limit} would leave no examples: give a positive count, or null for all")
         self.train_limit = train_limit
         self.eval_limit = eval_limit
         self.num_workers = num_workers

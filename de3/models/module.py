@@ -143,8 +143,13 @@ class MultiExitModule(L.LightningModule):
         return losses["loss"]
 
     def _nonfinite_loss_message(self, loss: torch.Tensor, batch_idx: int) -> str:
-        checkpoint = self.trainer.checkpoint_callback
-        last_good = (checkpoint.last_model_path or checkpoint.best_model_path) if checkpoint else ""
+        saved = [
+            Path(path)
+            for callback in self.trainer.checkpoint_callbacks
+            for path in (callback.last_model_path, callback.best_model_path)
+            if path and Path(path).is_file()
+        ]
+        last_good = str(max(saved, key=lambda p: p.stat().st_mtime)) if saved else ""
         return (
             f"training stopped: the loss is {loss.item()} at step {self.global_step} "
             f"(epoch {self.current_epoch}, batch {batch_idx}). Last good checkpoint: "
