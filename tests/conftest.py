@@ -76,9 +76,11 @@ def tiny_config(tmp_path: Path, glue_dir: Path):
     GlobalHydra.instance().clear()
 
 
-def run_cli(*args: str, cwd: Path, glue_dir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, glue_dir: Path, timeout: int = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """`python run.py *args` as a user runs it, logs under `cwd`, on the fake GLUE files."""
-    env = {**os.environ, "DE3_GLUE_DIR": str(glue_dir), "WANDB_SILENT": "true"}
+    env = {**os.environ, "DE3_GLUE_DIR": str(glue_dir), "WANDB_SILENT": "true", **(env or {})}
     return subprocess.run(
         [sys.executable, str(REPO / "run.py"), *args, f"paths.log_dir={cwd}"],
         capture_output=True,

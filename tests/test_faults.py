@@ -35,7 +35,7 @@ def test_sigkilled_run_resumes_to_the_same_result(tmp_path, glue_dir):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert run_cli(*TINY_RUN, f"hydra.run.dir={whole}", cwd=tmp_path, glue_dir=glue_dir).returncode == 0
 
-    kill = ["+callbacks.kill._target_=tests.fault_injection.KillAtStep", "+callbacks.kill.step=9"]  # mid epoch 2
+    kill = ["+callbacks.kill._target_=tests.probes.KillAtStep", "+callbacks.kill.step=9"]  # mid epoch 2
     died = run_cli(*TINY_RUN, *kill, f"hydra.run.dir={killed}", cwd=tmp_path, glue_dir=glue_dir)
     assert died.returncode == -9
     assert (killed / "checkpoints" / "last.ckpt").is_file() and not (killed / "results.json").exists()
@@ -78,7 +78,7 @@ def _overrides(cfg) -> dict[str, str]:
 
 
 def test_nan_loss_names_the_step_and_last_good_checkpoint(tmp_path, glue_dir):
-    poison = ["+callbacks.poison._target_=tests.fault_injection.PoisonWeightsAtStep", "+callbacks.poison.step=8"]
+    poison = ["+callbacks.poison._target_=tests.probes.PoisonWeightsAtStep", "+callbacks.poison.step=8"]
     result = run_cli(
         *TINY_RUN, "logger=csv", *poison, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, glue_dir=glue_dir
     )

@@ -57,7 +57,7 @@ class ExitSweep(L.Callback):
         started = time.perf_counter()
         caches: dict[str, ExitCache] = {
             split: collect_exit_cache(model, loader, description=f"caching exits ({split})")
-            for split, loader in zip(task.eval_splits, trainer.datamodule.val_dataloader())
+            for split, loader in zip(task.eval_splits, trainer.datamodule.whole_eval_dataloaders())
         }
         cached = time.perf_counter()
         costs = FlopsModel.of(model)

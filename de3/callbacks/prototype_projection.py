@@ -80,7 +80,7 @@ class PrototypeProjection(L.Callback):
         prototypes = pl_module.model.prototypes
         if prototypes is None or trainer.state.fn != TrainerFn.VALIDATING or not trainer.is_global_zero:
             return
-        loader = trainer.datamodule.val_dataloader()[0]
+        loader = trainer.datamodule.whole_eval_dataloaders()[0]
         cache = collect_exit_cache(
             pl_module.model, loader, keep_mapped=True, max_samples=self.max_samples, description="projecting prototypes"
         )

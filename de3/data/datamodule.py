@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Sampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from de3.data.sampling import EpochShuffleSampler
@@ -102,22 +104,34 @@ class TextTaskDataModule(L.LightningDataModule):
             for split in self.task.test_splits:
                 self._load(split, self.eval_limit)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.datasets[split]
+    def _loader(self, split: str, sampler: Sampler | None = None) -> DataLoader:
+        train = split == "train"
         return DataLoader(
-            dataset,
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
+            self.datasets[split],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            sampler=sampler,
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train", EpochShuffleSampler(len(self.datasets["train"]), self.seed))
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [self._loader(split, shuffle=False) for split in self.task.eval_splits]
+        """Under DDP each rank scores its own share of every eval split, without the padded
+        duplicates of Lightning's default sampler, so per-exit scores equal a single process's."""
+        distributed = dist.is_available() and dist.is_initialized()
+        return [
+            self._loader(split, UnrepeatedDistributedSampler(self.datasets[split], shuffle=False))
+            if distributed
+            else self._loader(split)
+            for split in self.task.eval_splits
+        ]
+
+    def whole_eval_dataloaders(self) -> list[DataLoader]:
+        """Every eval split whole, in order, whatever the process group: for the sweep on rank 0."""
+        return [self._loader(split) for split in self.task.eval_splits]
 
     def predict_dataloader(self) -> list[DataLoader]:
-        return [self._loader(split, shuffle=False) for split in self.task.test_splits]
+        return [self._loader(split) for split in self.task.test_splits]

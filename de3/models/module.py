@@ -177,8 +177,8 @@ class MultiExitModule(L.LightningModule):
             self.eval_scores[split] = {name: [float(scores[name]) for scores in per_exit] for name in self.task.metrics}
             for name, values in self.eval_scores[split].items():
                 for layer, value in enumerate(values, start=1):
-                    self.log(f"{split}/{name}/exit{layer}", value)
-        self.log("val_score", self.selection_score(), prog_bar=True)
+                    self.log(f"{split}/{name}/exit{layer}", value, sync_dist=True)  # equal on all ranks already
+        self.log("val_score", self.selection_score(), prog_bar=True, sync_dist=True)
 
     def selection_score(self) -> float:
         """What selects checkpoints: the main metric on the first eval split, averaged over all

@@ -1,7 +1,9 @@
-"""Callbacks that break a run on purpose, for the fault tests (added with `+callbacks.<name>=...`)."""
+"""Callbacks for end-to-end tests, added to a run with `+callbacks.<name>._target_=tests.probes.<Class>`:
+some break the run on purpose, one records what each DDP rank ends with."""
 
 import os
 import signal
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -28,3 +30,15 @@ class PoisonWeightsAtStep(L.Callback):
         if trainer.global_step == self.step:
             with torch.no_grad():
                 pl_module.model.exits[-1].classifier.weight.fill_(float("nan"))
+
+
+class SavePrototypesPerRank(L.Callback):
+    """When training ends, each rank saves its prototype buffers to `<output_dir>/prototypes_rank<r>.pt`."""
+
+    def __init__(self, output_dir: str) -> None:
+        self.output_dir = Path(output_dir)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        prototypes = pl_module.model.prototypes
+        state = {"prototypes": prototypes.prototypes.clone(), "initialized": prototypes.initialized.clone()}
+        torch.save(state, self.output_dir / f"prototypes_rank{trainer.global_rank}.pt")

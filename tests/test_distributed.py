@@ -1,0 +1,96 @@
+"""Beyond one process: DDP with 2 CPU processes (gloo), and Hydra launchers."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import compose_config, run_cli
+
+TINY_DE3 = (
+    "task=rte",
+    "backbone=tiny_bert",
+    "loss=de3",
+    "backbone.config_overrides.num_hidden_layers=3",
+    "data.batch_size=4",
+    "trainer.max_epochs=2",
+    "trainer.num_sanity_val_steps=0",
+    "logger=csv",
+    "callbacks.progress_bar=null",
+)
+
+
+def test_ddp_keeps_prototypes_in_sync_and_sweeps_like_one_process(tmp_path, glue_dir):
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    probe = ["+callbacks.probe._target_=tests.probes.SavePrototypesPerRank", f"+callbacks.probe.output_dir={ddp_dir}"]
+    result = run_cli(
+        *TINY_DE3,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        *probe,
+        f"hydra.run.dir={ddp_dir}",
+        cwd=tmp_path,
+        glue_dir=glue_dir,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "distributed_backend=gloo" in result.stderr + result.stdout
+    ranks = [torch.load(ddp_dir / f"prototypes_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["initialized"].all()
+    assert torch.equal(ranks[0]["prototypes"], ranks[1]["prototypes"])  # synced, bit for bit
+    assert (result.stdout + result.stderr).count("sweep: ") == 1  # rank 0 only
+
+    ddp_results = json.loads((ddp_dir / "results.json").read_text())
+    again = run_cli(
+        "mode=sweep",
+        f"ckpt_path={ddp_results['checkpoint']}",
+        "logger=csv",
+        "callbacks.progress_bar=null",
+        f"hydra.run.dir={single_dir}",
+        cwd=tmp_path,
+        glue_dir=glue_dir,
+        env={"OMP_NUM_THREADS": "1"},  # Lightning gives each of the 2 DDP processes 1 of the 2 cores
+    )
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert (single_dir / "sweep.csv").read_text() == (ddp_dir / "sweep.csv").read_text()
+    single_results = json.loads((single_dir / "results.json").read_text())
+    assert single_results["scores"] == ddp_results["scores"]  # no padded duplicates in DDP evaluation
+
+
+def test_slurm_launcher_config_follows_the_trainer(tmp_path):
+    cfg = compose_config(
+        [
+            "hydra/launcher=slurm",
+            "trainer=ddp",
+            "trainer.devices=4",
+            "trainer.num_nodes=2",
+            "hydra.launcher.partition=gpu",
+            "hydra.launcher.account=nlp",
+        ],
+        tmp_path,
+    )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    assert (launcher.partition, launcher.account) == ("gpu", "nlp")
+    assert launcher.timeout_min > 0
+
+
+@pytest.mark.parametrize("launcher", ["local"])
+def test_submitit_local_launcher_runs_a_two_job_multirun(tmp_path, glue_dir, launcher):
+    result = run_cli(
+        "-m",
+        f"hydra/launcher={launcher}",
+        "task=rte,mrpc",
+        "backbone=tiny_bert",
+        "logger=csv",
+        "trainer.max_steps=2",
+        "callbacks.progress_bar=null",
+        cwd=tmp_path,
+        glue_dir=glue_dir,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = sorted(p.parent.name for p in Path(tmp_path).glob("multiruns/*/*/results.json"))
+    assert jobs == ["0_joint-rte-tiny_bert-seed42", "1_joint-mrpc-tiny_bert-seed42"]
