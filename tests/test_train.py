@@ -1,6 +1,7 @@
 """End to end: the real config composed and shrunk, `train`, and `run.py` as users call it."""
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -68,8 +69,23 @@ def test_multirun_gives_one_output_dir_per_job(tmp_path, glue_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p.parent for p in tmp_path.glob("multiruns/*/*/results.json"))
     assert [p.name for p in jobs] == ["0_joint-rte-tiny_bert-seed42", "1_joint-mrpc-tiny_bert-seed42"]
+    groups = set()
     for job in jobs:  # W&B (offline, the default logger) wrote one run per job
-        assert len(list(job.glob("wandb/offline-run-*"))) == 1
+        runs = list(job.glob("wandb/offline-run-*"))
+        assert len(runs) == 1
+        wandb_cfg = json.loads((job / "results.json").read_text())["config"]["logger"]["wandb"]
+        groups.add(wandb_cfg["group"])
+        task = job.name.split("_", 1)[1].split("-")[1]
+        name = wandb_cfg["name"]  # the job's overrides in its name
+        assert name.startswith(f"joint-{task}-tiny_bert-seed42 [") and f"task={task}," in name
+    assert groups == {f"multirun-{jobs[0].parent.name}"}  # one group for the whole multirun
+    sync = subprocess.run(
+        ["wandb", "sync", "--dry-run", *(str(next(job.glob("wandb/offline-run-*"))) for job in jobs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Would sync 2 run(s)" in sync.stdout + sync.stderr
 
 
 @pytest.mark.parametrize(
