@@ -1,6 +1,7 @@
 """Training schemes (two-stage, self-distillation), BADGE's bypasses, and the method recipes."""
 
 import json
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -148,3 +149,11 @@ def test_de3_combines_with_bypasses(tiny_config, tmp_path):
     assert module.model.prototypes is not None and module.model.bypass is not None
     train(cfg)
     assert "| edr |" in (tmp_path / "summary.md").read_text()
+
+
+def test_no_stage_one_checkpoint_is_kept_as_the_best(tiny_config, tmp_path):
+    # fake RTE: 24 pairs in batches of 8 → 3 steps per epoch; stage 2 begins with epoch 2
+    cfg = tiny_config("experiment=deebert", "task=rte", "trainer.max_steps=-1", "trainer.max_epochs=2")
+    train(cfg)
+    best = Path(json.loads((tmp_path / "results.json").read_text())["checkpoint"])
+    assert best.name.startswith("epoch01-")  # epoch 1 scored −∞: its internal exits were untrained

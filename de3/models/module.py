@@ -90,6 +90,7 @@ class MultiExitModule(L.LightningModule):
         self.eval_scores: dict[str, dict[str, list[float]]] = {}
         self._prototype_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._entered_stage: int | None = None
+        self._stage_starts = [0]
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> MultiExitModule:
@@ -113,9 +114,9 @@ class MultiExitModule(L.LightningModule):
         return self.model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
 
     def stage_at(self, step: int) -> int:
-        """The training scheme's stage (0-based) of optimizer step `step`."""
-        starts = stage_starts(self.loss_fn.stage_fractions, int(self.trainer.estimated_stepping_batches))
-        return bisect.bisect_right(starts, max(step, 0)) - 1
+        """The training scheme's stage (0-based) of optimizer step `step` (known once the
+        optimizer is configured: the stages split the run's total steps)."""
+        return bisect.bisect_right(self._stage_starts, max(step, 0)) - 1
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         stage = self.stage_at(self.global_step)
@@ -202,7 +203,7 @@ class MultiExitModule(L.LightningModule):
         ]
         optimizer = torch.optim.AdamW(groups, lr=self.hparams.optimizer["lr"])
         total_steps = int(self.trainer.estimated_stepping_batches)
-        starts = stage_starts(self.loss_fn.stage_fractions, total_steps)
+        self._stage_starts = starts = stage_starts(self.loss_fn.stage_fractions, total_steps)
         scheduler = LambdaLR(
             optimizer, staged_linear_schedule(starts, total_steps, self.hparams.optimizer["warmup_ratio"])
         )
