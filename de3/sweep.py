@@ -122,6 +122,12 @@ def pareto_mask(speedups: Sequence[float], scores: Sequence[float]) -> list[bool
     ]
 
 
+def best_score_from(points: Sequence[tuple[float, float]], speedups: Sequence[float]) -> list[float | None]:
+    """The Pareto frontier read at each speed-up s: the best score among (speed-up, score)
+    points reaching at least s (None where no point does)."""
+    return [max((v for p, v in points if p >= s - 1e-9), default=None) for s in speedups]
+
+
 def _frontier_area(points: list[tuple[float, float]], upto: float) -> float:
     """Mean over s ∈ [1, upto] of the best score among points with speed-up ≥ s."""
     total, start = 0.0, 1.0

@@ -1,0 +1,254 @@
+"""RESULTS.md and the curves of the GLUE trade-off benchmark, from the runs' folders.
+
+python -m benchmarks.glue_tradeoff.report [--out logs/glue_tradeoff]
+
+Reads every finished run under `--out` (see `run.py` here), scores each method with its own
+exit rule (regression tasks: patience, the only rule for them) at the target speed-ups, and
+averages over seeds. Cells say how many seeds they hold; runs not finished yet are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from benchmarks.glue_tradeoff.run import BUDGET, DEFAULT_OUT, METHODS, SEEDS, TASKS, applicable  # noqa: E402
+from benchmarks.per_exit_table import machine  # noqa: E402
+from de3.data.tasks import GLUE_TASKS  # noqa: E402
+from de3.sweep import best_score_from, reaching  # noqa: E402
+from de3.utils.io import atomic_path, write_text_atomic  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+TARGETS = (1.5, 2.0, 3.0)
+RULE_ORDER = ("edr", "dr", "entropy", "maxprob", "patience", "pcee", "dge")
+
+
+@dataclass
+class Run:
+    """One finished (task, method, seed) run: its sweep points on the first eval split."""
+
+    task: str
+    method: str
+    seed: int
+    rule: str
+    full_depth: float
+    rows: list[dict]
+    wall_time_s: float
+    commit: str | None
+
+    def points(self, rule: str | None = None) -> list[tuple[float, float]]:
+        metric = GLUE_TASKS[self.task].main_metric
+        return [(r["speedup"], r[metric]) for r in self.rows if r["rule"] == (rule or self.rule)]
+
+    def score_at(self, target: float, rule: str | None = None) -> float | None:
+        metric = GLUE_TASKS[self.task].main_metric
+        point = reaching([r for r in self.rows if r["rule"] == (rule or self.rule)], target)
+        return None if point is None else point[metric]
+
+
+def load_runs(out: Path) -> list[Run]:
+    runs = []
+    for results_path in sorted(out.glob("*/*/seed*/results.json")):
+        folder = results_path.parent
+        if not (folder / "sweep.csv").is_file():
+            continue
+        results = json.loads(results_path.read_text())
+        task = results["task"]
+        spec = GLUE_TASKS[task]
+        split = spec.eval_splits[0]
+        with open(folder / "sweep.csv", newline="") as handle:
+            rows = [
+                {k: (v if k in ("split", "rule", "params") else float(v)) for k, v in row.items()}
+                for row in csv.DictReader(handle)
+                if row["split"] == split
+            ]
+        config = results["config"]
+        runs.append(
+            Run(
+                task=task,
+                method=folder.parent.name,
+                seed=int(config["seed"]),
+                rule="patience" if spec.is_regression else config["exit"]["rule"],
+                full_depth=results["scores"][split][spec.main_metric][-1],
+                rows=rows,
+                wall_time_s=results["wall_time_s"],
+                commit=results.get("git_commit"),
+            )
+        )
+    return runs
+
+
+def mean_std(values: list[float]) -> str:
+    """×100, "mean ± std (n)"; std over seeds (n − 1 in the denominator)."""
+    if not values:
+        return "—"
+    mean = 100 * statistics.fmean(values)
+    spread = f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
+    return f"{mean:.1f}{spread} ({len(values)})"
+
+
+def cell(runs: list[Run], target: float | None, rule: str | None = None) -> tuple[str, float | None]:
+    """A table cell over seeds, and its mean (None when some seed never reaches the target)."""
+    values = [r.full_depth if target is None else r.score_at(target, rule) for r in runs]
+    if not values or any(v is None for v in values):
+        return ("not reached" if values else "—"), None
+    return mean_std(values), statistics.fmean(values)
+
+
+def plot_task(task: str, by_method: dict[str, list[Run]], path: Path) -> None:
+    """All methods on one chart: the seed-mean of each run's frontier, with a ±std band."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    metric = GLUE_TASKS[task].main_metric
+    grid = [1.0 + 0.05 * i for i in range(101)]  # 1× to 6×
+    for index, (method, runs) in enumerate(by_method.items()):
+        curves = [best_score_from(r.points(), grid) for r in runs]
+        xs, means, stds = [], [], []
+        for i, s in enumerate(grid):
+            values = [c[i] for c in curves]
+            if all(v is not None for v in values):
+                xs.append(s)
+                means.append(100 * statistics.fmean(values))
+                stds.append(100 * statistics.stdev(values) if len(values) > 1 else 0.0)
+        if not xs:
+            continue
+        colour = plt.get_cmap("tab10")(index)
+        label = f"{method} ({runs[0].rule}, {len(runs)} seeds)"
+        ax.plot(xs, means, color=colour, label=label, linestyle=("-", "--", "-.", ":")[index % 4])
+        ax.fill_between(
+            xs, [m - d for m, d in zip(means, stds)], [m + d for m, d in zip(means, stds)], color=colour, alpha=0.15
+        )
+    ax.set_xlabel("speed-up ratio (L·N / Σ exit layers)")
+    ax.set_ylabel(f"{metric} ×100 (best at ≥ this speed-up)")
+    ax.set_title(f"{task}: each method with its own exit rule (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+def report(runs: list[Run], command: str) -> str:
+    by_task: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        by_task[run.task][run.method].append(run)
+    tasks = [t for t in TASKS if t in by_task]
+    commits = sorted({r.commit or "unknown" for r in runs})
+    planned = sum(applicable(t, m) for t in TASKS for m in METHODS) * len(SEEDS)
+    lines = [
+        "# Speed–accuracy trade-off of every method on GLUE (MiniLM, CPU)",
+        "",
+        f"- Command: `{command}`, then `python -m benchmarks.glue_tradeoff.report`",
+        f"- Machine: {machine()}",
+        f"- Date: {datetime.date.today().isoformat()}",
+        f"- Runs: {len(runs)} of {planned} finished; total wall time {sum(r.wall_time_s for r in runs) / 3600:.1f} h "
+        "(training + evaluation + sweep, per run)",
+        f"- Code: git {', '.join(c[:12] for c in commits)}",
+        f"- Budget (every run): `{' '.join(BUDGET)}`: a seeded 1,000-example slice of each training "
+        "set, so scores sit below full-data numbers; dev splits are complete.",
+        "- Scores ×100 on the dev split, mean ± std over seeds (n seeds in brackets). At a target "
+        "speed-up: the score at the slowest threshold whose speed-up ratio reaches the target "
+        '(each method with its own exit rule). "not reached": some seed\'s rule never got that fast.',
+        "",
+    ]
+    for target in TARGETS:
+        lines += _main_table(by_task, tasks, target)
+    for task in tasks:
+        spec = GLUE_TASKS[task]
+        lines += [
+            f"## {task} ({spec.main_metric})",
+            "",
+            f"![{task}](curves_{task}.png)",
+            "",
+            "| method | rule | full depth | " + " | ".join(f"{t}×" for t in TARGETS) + " |",
+            "|---|---|---:|" + "---:|" * len(TARGETS),
+        ]
+        for method in METHODS:
+            method_runs = by_task[task].get(method, [])
+            if not applicable(task, method):
+                lines.append(
+                    f"| {method} | — | n/a: prototypes need classes | " + " | ".join("—" for _ in TARGETS) + " |"
+                )
+                continue
+            rule = method_runs[0].rule if method_runs else "—"
+            cells = [cell(method_runs, None)[0]] + [cell(method_runs, t)[0] for t in TARGETS]
+            lines.append(f"| {method} | {rule} | " + " | ".join(cells) + " |")
+        lines.append("")
+        plot_task(task, by_task[task], HERE / f"curves_{task}.png")
+    lines += _rule_effect(by_task, tasks)
+    return "\n".join(lines)
+
+
+def _main_table(by_task, tasks: list[str], target: float) -> list[str]:
+    """Methods × tasks at one speed-up, with the average over the classification tasks."""
+    classification = [t for t in tasks if not GLUE_TASKS[t].is_regression]
+    lines = [
+        f"## All methods at {target}× speed-up",
+        "",
+        "| method | "
+        + " | ".join(f"{t} ({GLUE_TASKS[t].main_metric})" for t in tasks)
+        + " | average (classification) |",
+        "|---|" + "---:|" * (len(tasks) + 1),
+    ]
+    for method in METHODS:
+        cells, means = [], []
+        for task in tasks:
+            text, mean = cell(by_task[task].get(method, []), target) if applicable(task, method) else ("n/a", None)
+            cells.append(text)
+            if task in classification:
+                means.append(mean)
+        average = f"{100 * statistics.fmean(means):.1f}" if means and all(m is not None for m in means) else "—"
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {average} |")
+    return lines + [""]
+
+
+def _rule_effect(by_task, tasks: list[str]) -> list[str]:
+    """Every rule on the same de3-trained runs: the rule's effect apart from training's."""
+    lines = [
+        "## Rule effect: every exit rule on the same `experiment=de3` runs",
+        "",
+        "Same checkpoints, so differences here come from the exit rule alone.",
+        "",
+    ]
+    for task in tasks:
+        runs = by_task[task].get("de3", [])
+        if not runs:
+            continue
+        rules = [r for r in RULE_ORDER if any(row["rule"] == r for row in runs[0].rows)]
+        lines += [
+            f"### {task}",
+            "",
+            "| rule | " + " | ".join(f"{t}×" for t in TARGETS) + " |",
+            "|---|" + "---:|" * len(TARGETS),
+        ]
+        for rule in rules:
+            lines.append(f"| {rule} | " + " | ".join(cell(runs, t, rule)[0] for t in TARGETS) + " |")
+        lines.append("")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the runs' folders (run.py --out)")
+    parser.add_argument("--command", default="python -m benchmarks.glue_tradeoff.run", help="what produced the runs")
+    args = parser.parse_args()
+    runs = load_runs(args.out)
+    if not runs:
+        raise SystemExit(f"no finished runs under {args.out}: run python -m benchmarks.glue_tradeoff.run first")
+    write_text_atomic(HERE / "RESULTS.md", report(runs, args.command))
+    print(f"wrote {HERE / 'RESULTS.md'} from {len(runs)} runs")
+
+
+if __name__ == "__main__":
+    main()
