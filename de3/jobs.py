@@ -121,6 +121,10 @@ def train(cfg: DictConfig) -> float:
     if resume_from is not None:
         continue_wandb_run(cfg, resume_from)
     model = instantiate(cfg.model)
+    if model.loss_fn.num_stages > 1 and cfg.trainer.get("strategy") == "ddp":
+        # each stage freezes part of the model, which DDP must be told to expect
+        with open_dict(cfg):
+            cfg.trainer.strategy = "ddp_find_unused_parameters_true"
     datamodule = build_datamodule(cfg, task_from_config(cfg.task), model.tokenizer, "fit")
     trainer = build_trainer(cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)

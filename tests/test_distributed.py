@@ -94,3 +94,18 @@ def test_submitit_local_launcher_runs_a_two_job_multirun(tmp_path, glue_dir, lau
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     jobs = sorted(p.parent.name for p in Path(tmp_path).glob("multiruns/*/*/results.json"))
     assert jobs == ["0_joint-rte-tiny_bert-seed42", "1_joint-mrpc-tiny_bert-seed42"]
+
+
+def test_ddp_runs_a_two_stage_scheme(tmp_path, glue_dir):
+    # stage 1 freezes the internal exits, stage 2 the backbone: DDP is told to expect unused parameters
+    result = run_cli(
+        *(o for o in TINY_DE3 if o != "loss=de3"),
+        "experiment=deebert",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        cwd=tmp_path,
+        glue_dir=glue_dir,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "training stage 2 of 2" in result.stdout
