@@ -1,12 +1,13 @@
 """Beyond one process: DDP with 2 CPU processes (gloo), and Hydra launchers."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import compose_config, run_cli
+from tests.conftest import run_cli
 
 TINY_DE3 = (
     "task=rte",
@@ -58,23 +59,44 @@ def test_ddp_keeps_prototypes_in_sync_and_sweeps_like_one_process(tmp_path, glue
     assert single_results["scores"] == ddp_results["scores"]  # no padded duplicates in DDP evaluation
 
 
-def test_slurm_launcher_config_follows_the_trainer(tmp_path):
-    cfg = compose_config(
-        [
-            "hydra/launcher=slurm",
-            "trainer=ddp",
-            "trainer.devices=4",
-            "trainer.num_nodes=2",
-            "hydra.launcher.partition=gpu",
-            "hydra.launcher.account=nlp",
-        ],
-        tmp_path,
+def fake_slurm(bin_dir: Path, captured: Path) -> None:
+    """`sbatch` that keeps the script it is given, `sacct` that reports every job failed, `srun`."""
+    bin_dir.mkdir()
+    scripts = {
+        "sbatch": f'cp "$1" {captured}\necho "Submitted batch job 4242"',
+        "sacct": 'echo "JobID|State|NodeList"\necho "4242_0|FAILED|node1"\necho "4242_1|FAILED|node1"',
+        "srun": "exit 0",
+        "scancel": "exit 0",
+    }
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+
+
+def test_slurm_launcher_submits_the_readme_job(tmp_path, glue_dir):
+    """The README's cluster command, against a fake SLURM: the batch script it submits."""
+    script = tmp_path / "submitted.sh"
+    fake_slurm(tmp_path / "bin", script)
+    run_cli(
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.account=nlp",
+        "trainer=ddp",
+        "trainer.accelerator=gpu",
+        "trainer.devices=4",
+        "trainer.num_nodes=2",
+        "experiment=de3",
+        "task=rte,mrpc",
+        cwd=tmp_path,
+        glue_dir=glue_dir,
+        env={"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"},
     )
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
-    assert (launcher.partition, launcher.account) == ("gpu", "nlp")
-    assert launcher.timeout_min > 0
+    lines = set(script.read_text().splitlines())
+    expected = {"--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu", "--account=nlp"}
+    assert {f"#SBATCH {option}" for option in expected} <= lines
+    assert "#SBATCH --array=0-1%2" in lines  # one array task per multirun job
+    assert any(line.startswith("#SBATCH --time=") for line in lines)
 
 
 @pytest.mark.parametrize("launcher", ["local"])
