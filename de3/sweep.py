@@ -74,12 +74,13 @@ def sweep_split(
     cache: ExitCache,
     task: TaskSpec,
     rules: Mapping[str, Mapping[str, Any]],
-    flops: FlopsModel,
+    flops: FlopsModel | None,
     num_thresholds: int = 60,
     extra_thresholds: Mapping[str, Sequence[float]] | None = None,
 ) -> list[Row]:
     """One row per (rule, threshold) on one split: speed-up ratio, mean exit layer, FLOPs
-    speed-up and the task's metrics."""
+    speed-up (NaN without `flops`, e.g. when re-simulating from a saved cache alone) and the
+    task's metrics."""
     rows = []
     for name, params in applicable_rules(task, cache, rules).items():
         rule = RULES[name]
@@ -102,7 +103,9 @@ def sweep_split(
                     "threshold": threshold,
                     "speedup": layer_speedup(layers, cache.num_layers),
                     "mean_exit_layer": float(layers.double().mean()),
-                    "flops_speedup": flops.speedup(layers, cache.lengths, rule.needs_distances),
+                    "flops_speedup": math.nan
+                    if flops is None
+                    else flops.speedup(layers, cache.lengths, rule.needs_distances),
                     **score(task, answers, cache.labels),
                 }
             )

@@ -26,12 +26,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from benchmarks.glue_tradeoff.run import BUDGET, DEFAULT_OUT, METHODS, SEEDS, TASKS, applicable  # noqa: E402
 from benchmarks.per_exit_table import machine  # noqa: E402
 from de3.data.tasks import GLUE_TASKS  # noqa: E402
-from de3.sweep import best_score_from, reaching  # noqa: E402
+from de3.exit_cache import load_exit_caches  # noqa: E402
+from de3.sweep import best_score_from, reaching, sweep_split  # noqa: E402
 from de3.utils.io import atomic_path, write_text_atomic  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TARGETS = (1.5, 2.0, 3.0)
 RULE_ORDER = ("edr", "dr", "entropy", "maxprob", "patience", "pcee", "dge")
+LAMBDAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 16.0)  # EDR's λ: 0 is entropy alone, λ → ∞ is DR alone
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Run:
     rows: list[dict]
     wall_time_s: float
     commit: str | None
+    folder: Path
 
     def points(self, rule: str | None = None) -> list[tuple[float, float]]:
         metric = GLUE_TASKS[self.task].main_metric
@@ -84,9 +87,15 @@ def load_runs(out: Path) -> list[Run]:
                 rows=rows,
                 wall_time_s=results["wall_time_s"],
                 commit=results.get("git_commit"),
+                folder=folder,
             )
         )
     return runs
+
+
+def table_header(*columns: str) -> list[str]:
+    """A markdown header: the first column left-aligned (a name), the rest right-aligned (numbers)."""
+    return ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
 
 
 def mean_std(values: list[float]) -> str:
@@ -171,8 +180,7 @@ def report(runs: list[Run], command: str) -> str:
             "",
             f"![{task}](curves_{task}.png)",
             "",
-            "| method | rule | full depth | " + " | ".join(f"{t}×" for t in TARGETS) + " |",
-            "|---|---|---:|" + "---:|" * len(TARGETS),
+            *table_header("method", "rule", "full depth", *(f"{t}×" for t in TARGETS)),
         ]
         for method in METHODS:
             method_runs = by_task[task].get(method, [])
@@ -187,6 +195,7 @@ def report(runs: list[Run], command: str) -> str:
         lines.append("")
         plot_task(task, by_task[task], HERE / f"curves_{task}.png")
     lines += _rule_effect(by_task, tasks)
+    lines += _lambda_sensitivity(by_task, tasks)
     return "\n".join(lines)
 
 
@@ -196,10 +205,7 @@ def _main_table(by_task, tasks: list[str], target: float) -> list[str]:
     lines = [
         f"## All methods at {target}× speed-up",
         "",
-        "| method | "
-        + " | ".join(f"{t} ({GLUE_TASKS[t].main_metric})" for t in tasks)
-        + " | average (classification) |",
-        "|---|" + "---:|" * (len(tasks) + 1),
+        *table_header("method", *(f"{t} ({GLUE_TASKS[t].main_metric})" for t in tasks), "average (classification)"),
     ]
     for method in METHODS:
         cells, means = [], []
@@ -229,11 +235,43 @@ def _rule_effect(by_task, tasks: list[str]) -> list[str]:
         lines += [
             f"### {task}",
             "",
-            "| rule | " + " | ".join(f"{t}×" for t in TARGETS) + " |",
-            "|---|" + "---:|" * len(TARGETS),
+            *table_header("rule", *(f"{t}×" for t in TARGETS)),
         ]
         for rule in rules:
             lines.append(f"| {rule} | " + " | ".join(cell(runs, t, rule)[0] for t in TARGETS) + " |")
+        lines.append("")
+    return lines
+
+
+def _lambda_sensitivity(by_task, tasks: list[str]) -> list[str]:
+    """EDR's λ re-simulated from the de3 runs' exit caches (no retraining: λ only enters the rule)."""
+    lines = [
+        "## EDR's λ, re-simulated from the `experiment=de3` runs' exit caches",
+        "",
+        "EDR = (λ + 1) / (λ/DR + 1/Entropy): λ = 0 is entropy alone, large λ approaches DR alone.",
+        "",
+    ]
+    for task in tasks:
+        runs = [r for r in by_task[task].get("de3", []) if (r.folder / "exit_cache.pt").is_file()]
+        if not runs:
+            continue
+        spec = GLUE_TASKS[task]
+        split = spec.eval_splits[0]
+        lines += [
+            f"### {task}",
+            "",
+            *table_header("λ", *(f"{t}×" for t in TARGETS)),
+        ]
+        caches = [load_exit_caches(r.folder / "exit_cache.pt")[split] for r in runs]
+        for lam in LAMBDAS:
+            scores = {t: [] for t in TARGETS}
+            for cache in caches:
+                rows = sweep_split(split, cache, spec, {"edr": {"lam": lam}}, flops=None)
+                for t in TARGETS:
+                    point = reaching(rows, t)
+                    scores[t].append(None if point is None else point[spec.main_metric])
+            cells = ["not reached" if None in v else mean_std(v) for v in scores.values()]
+            lines.append(f"| {lam:g} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
 
