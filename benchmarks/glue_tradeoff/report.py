@@ -60,37 +60,47 @@ class Run:
         return None if point is None else point[metric]
 
 
+def load_run(folder: Path, method: str) -> Run | None:
+    """A finished run's folder (results.json and sweep.csv), or None while it is unfinished."""
+    if not ((folder / "results.json").is_file() and (folder / "sweep.csv").is_file()):
+        return None
+    results = json.loads((folder / "results.json").read_text())
+    spec = GLUE_TASKS[results["task"]]
+    split = spec.eval_splits[0]
+    with open(folder / "sweep.csv", newline="") as handle:
+        rows = [
+            {k: (v if k in ("split", "rule", "params") else float(v)) for k, v in row.items()}
+            for row in csv.DictReader(handle)
+            if row["split"] == split
+        ]
+    config = results["config"]
+    return Run(
+        task=spec.name,
+        method=method,
+        seed=int(config["seed"]),
+        rule="patience" if spec.is_regression else config["exit"]["rule"],
+        full_depth=results["scores"][split][spec.main_metric][-1],
+        rows=rows,
+        wall_time_s=results["wall_time_s"],
+        commit=results.get("git_commit"),
+        folder=folder,
+    )
+
+
 def load_runs(out: Path) -> list[Run]:
-    runs = []
-    for results_path in sorted(out.glob("*/*/seed*/results.json")):
+    """The main benchmark's finished runs, `<out>/<task>/<method>/seed<s>/`."""
+    folders = sorted(p.parent for p in out.glob("*/*/seed*/results.json"))
+    return [run for folder in folders if (run := load_run(folder, folder.parent.name)) is not None]
+
+
+def load_sensitivity(out: Path) -> dict[str, dict[str, list[Run]]]:
+    """task → variant ("loss.alpha=0.3") → finished runs, from `<out>/sensitivity/`."""
+    found: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    for results_path in sorted((out / "sensitivity").glob("*/*/seed*/results.json")):
         folder = results_path.parent
-        if not (folder / "sweep.csv").is_file():
-            continue
-        results = json.loads(results_path.read_text())
-        task = results["task"]
-        spec = GLUE_TASKS[task]
-        split = spec.eval_splits[0]
-        with open(folder / "sweep.csv", newline="") as handle:
-            rows = [
-                {k: (v if k in ("split", "rule", "params") else float(v)) for k, v in row.items()}
-                for row in csv.DictReader(handle)
-                if row["split"] == split
-            ]
-        config = results["config"]
-        runs.append(
-            Run(
-                task=task,
-                method=folder.parent.name,
-                seed=int(config["seed"]),
-                rule="patience" if spec.is_regression else config["exit"]["rule"],
-                full_depth=results["scores"][split][spec.main_metric][-1],
-                rows=rows,
-                wall_time_s=results["wall_time_s"],
-                commit=results.get("git_commit"),
-                folder=folder,
-            )
-        )
-    return runs
+        if (run := load_run(folder, "de3")) is not None:
+            found[run.task][folder.parent.name].append(run)
+    return found
 
 
 def table_header(*columns: str) -> list[str]:
@@ -148,7 +158,7 @@ def plot_task(task: str, by_method: dict[str, list[Run]], path: Path) -> None:
     plt.close(fig)
 
 
-def report(runs: list[Run], command: str) -> str:
+def report(runs: list[Run], sensitivity: dict[str, dict[str, list[Run]]], command: str) -> str:
     by_task: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         by_task[run.task][run.method].append(run)
@@ -196,6 +206,7 @@ def report(runs: list[Run], command: str) -> str:
         plot_task(task, by_task[task], HERE / f"curves_{task}.png")
     lines += _rule_effect(by_task, tasks)
     lines += _lambda_sensitivity(by_task, tasks)
+    lines += _sensitivity(by_task, sensitivity)
     return "\n".join(lines)
 
 
@@ -276,6 +287,32 @@ def _lambda_sensitivity(by_task, tasks: list[str]) -> list[str]:
     return lines
 
 
+def _sensitivity(by_task, sensitivity: dict[str, dict[str, list[Run]]]) -> list[str]:
+    """DE³'s α, τ, γ one at a time (sensitivity.py), beside the defaults' runs."""
+    if not sensitivity:
+        return []
+    lines = [
+        "## DE³ training hyperparameters, one at a time",
+        "",
+        "Defaults α = 1, τ = 1, γ = 0.1 (the main de3 runs of the same seeds); EDR and, for",
+        "comparison on the same checkpoints, entropy.",
+        "",
+    ]
+    for task, variants in sensitivity.items():
+        seeds = {r.seed for runs in variants.values() for r in runs}
+        default = [r for r in by_task[task].get("de3", []) if r.seed in seeds]
+        lines += [
+            f"### {task}",
+            "",
+            *table_header("variant", "full depth", *(f"EDR {t}×" for t in TARGETS), "entropy 2.0×"),
+        ]
+        for name, runs in [("defaults", default), *sorted(variants.items())]:
+            cells = [cell(runs, None)[0], *(cell(runs, t)[0] for t in TARGETS), cell(runs, 2.0, "entropy")[0]]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the runs' folders (run.py --out)")
@@ -284,7 +321,7 @@ def main() -> None:
     runs = load_runs(args.out)
     if not runs:
         raise SystemExit(f"no finished runs under {args.out}: run python -m benchmarks.glue_tradeoff.run first")
-    write_text_atomic(HERE / "RESULTS.md", report(runs, args.command))
+    write_text_atomic(HERE / "RESULTS.md", report(runs, load_sensitivity(args.out), args.command))
     print(f"wrote {HERE / 'RESULTS.md'} from {len(runs)} runs")
 
 

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -52,8 +53,9 @@ def is_finished(directory: Path) -> bool:
     return (directory / "results.json").is_file() and (directory / "sweep.csv").is_file()
 
 
-def run_one(directory: Path, task: str, method: str, seed: int) -> bool:
-    """One training run + sweep; its console output goes to `job.log` beside its results."""
+def run_one(directory: Path, task: str, method: str, seed: int, extra: Sequence[str] = ()) -> bool:
+    """One training run + sweep (with `extra` overrides); its console output goes to `job.log`
+    beside its results."""
     if directory.exists():
         shutil.rmtree(directory)  # an unfinished run starts over
     directory.mkdir(parents=True)
@@ -64,6 +66,7 @@ def run_one(directory: Path, task: str, method: str, seed: int) -> bool:
         f"task={task}",
         f"seed={seed}",
         *BUDGET,
+        *extra,
         "callbacks.progress_bar=null",
         f"hydra.run.dir={directory}",
     ]
@@ -90,14 +93,18 @@ def main() -> None:
         for method in args.methods
         if applicable(task, method)
     ]
-    todo = [job for job in jobs if not is_finished(run_dir(args.out, *job))]
+    run_all([(run_dir(args.out, *job), *job, ()) for job in jobs])
+
+
+def run_all(jobs: Sequence[tuple[Path, str, str, int, Sequence[str]]]) -> None:
+    """Run every (folder, task, method, seed, extra overrides) not finished yet, with a progress bar."""
+    todo = [job for job in jobs if not is_finished(job[0])]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished; {len(todo)} to go", flush=True)
     failed = []
-    for task, method, seed in (bar := tqdm(todo, unit="run")):
-        bar.set_description(f"{task} {method} seed{seed}")
-        directory = run_dir(args.out, task, method, seed)
+    for directory, task, method, seed, extra in (bar := tqdm(todo, unit="run")):
+        bar.set_description(f"{task} {method} seed{seed} {' '.join(extra)}".strip())
         started = time.perf_counter()
-        if not run_one(directory, task, method, seed):
+        if not run_one(directory, task, method, seed, extra):
             failed.append(directory)
             tqdm.write(f"FAILED: {directory} (see its job.log)")
         else:
