@@ -88,6 +88,7 @@ def test_slurm_launcher_submits_the_readme_job(tmp_path, glue_dir):
         "trainer.num_nodes=2",
         "experiment=de3",
         "task=rte,mrpc",
+        "ckpt_path=last",
         cwd=tmp_path,
         glue_dir=glue_dir,
         env={"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"},
