@@ -23,7 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.glue_tradeoff.run import BUDGET, DEFAULT_OUT, METHODS, SEEDS, TASKS, applicable  # noqa: E402
+from benchmarks.glue_tradeoff.run import BUDGET, DEFAULT_OUT, EPOCHS, METHODS, SEEDS, TASKS, TWO_STAGE, applicable  # noqa: E402
 from benchmarks.per_exit_table import machine  # noqa: E402
 from de3.data.tasks import GLUE_TASKS  # noqa: E402
 from de3.exit_cache import load_exit_caches  # noqa: E402
@@ -174,8 +174,11 @@ def report(runs: list[Run], sensitivity: dict[str, dict[str, list[Run]]], comman
         f"- Runs: {len(runs)} of {planned} finished; total wall time {sum(r.wall_time_s for r in runs) / 3600:.1f} h "
         "(training + evaluation + sweep, per run)",
         f"- Code: git {', '.join(c[:12] for c in commits)}",
-        f"- Budget (every run): `{' '.join(BUDGET)}`: a seeded 1,000-example slice of each training "
-        "set, so scores sit below full-data numbers; dev splits are complete.",
+        f"- Budget (every run): `{' '.join(BUDGET)} trainer.max_epochs={EPOCHS}`: a seeded 1,000-example "
+        "slice of each training set, so scores sit below full-data numbers; dev splits are complete. "
+        f"{' and '.join(TWO_STAGE)} train {2 * EPOCHS} epochs: stage 1 fine-tunes backbone + final exit for "
+        f"the same {EPOCHS} epochs as everyone, stage 2 trains the internal exits for {EPOCHS} more with the "
+        "backbone frozen (their papers' protocol).",
         "- Scores ×100 on the dev split, mean ± std over seeds (n seeds in brackets). At a target "
         "speed-up: the score at the slowest threshold whose speed-up ratio reaches the target "
         '(each method with its own exit rule). "not reached": some seed\'s rule never got that fast.',

@@ -33,16 +33,23 @@ BUDGET = (
     "backbone=minilm",
     "data.train_limit=1000",
     "data.max_seq_length=128",
-    "trainer.max_epochs=3",
     "model.optimizer.lr=1e-4",
     "logger=csv",
 )
+EPOCHS = 3
+# Two-stage schemes fine-tune the backbone for the same EPOCHS in stage 1, as in their papers,
+# then train the internal exits for as many again with the backbone frozen.
+TWO_STAGE = ("deebert", "fastbert")
 DEFAULT_OUT = REPO_ROOT / "logs" / "glue_tradeoff"
 
 
 def applicable(task: str, method: str) -> bool:
     """DE³'s prototypes need classes: it has no run on a regression task."""
     return not (method == "de3" and GLUE_TASKS[task].is_regression)
+
+
+def epochs(method: str) -> int:
+    return 2 * EPOCHS if method in TWO_STAGE else EPOCHS
 
 
 def run_dir(out: Path, task: str, method: str, seed: int) -> Path:
@@ -66,6 +73,7 @@ def run_one(directory: Path, task: str, method: str, seed: int, extra: Sequence[
         f"task={task}",
         f"seed={seed}",
         *BUDGET,
+        f"trainer.max_epochs={epochs(method)}",
         *extra,
         "callbacks.progress_bar=null",
         f"hydra.run.dir={directory}",
