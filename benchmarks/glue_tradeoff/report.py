@@ -103,9 +103,9 @@ def load_sensitivity(out: Path) -> dict[str, dict[str, list[Run]]]:
     return found
 
 
-def table_header(*columns: str) -> list[str]:
-    """A markdown header: the first column left-aligned (a name), the rest right-aligned (numbers)."""
-    return ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+def table_header(*columns: str, names: int = 1) -> list[str]:
+    """A markdown header: the first `names` columns left-aligned, the rest right-aligned (numbers)."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * names + "---:|" * (len(columns) - names)]
 
 
 def mean_std(values: list[float]) -> str:
@@ -193,7 +193,7 @@ def report(runs: list[Run], sensitivity: dict[str, dict[str, list[Run]]], comman
             "",
             f"![{task}](curves_{task}.png)",
             "",
-            *table_header("method", "rule", "full depth", *(f"{t}×" for t in TARGETS)),
+            *table_header("method", "rule", "full depth", *(f"{t}×" for t in TARGETS), names=2),
         ]
         for method in METHODS:
             method_runs = by_task[task].get(method, [])
