@@ -158,7 +158,8 @@ def plot_task(task: str, by_method: dict[str, list[Run]], path: Path) -> None:
     plt.close(fig)
 
 
-def report(runs: list[Run], sensitivity: dict[str, dict[str, list[Run]]], command: str) -> str:
+def report(runs: list[Run], sensitivity: dict[str, dict[str, list[Run]]], command: str, figures: Path) -> str:
+    """RESULTS.md's text; the per-task curves are written into `figures` (beside RESULTS.md)."""
     by_task: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         by_task[run.task][run.method].append(run)
@@ -206,7 +207,7 @@ def report(runs: list[Run], sensitivity: dict[str, dict[str, list[Run]]], comman
             cells = [cell(method_runs, None)[0]] + [cell(method_runs, t)[0] for t in TARGETS]
             lines.append(f"| {method} | {rule} | " + " | ".join(cells) + " |")
         lines.append("")
-        plot_task(task, by_task[task], HERE / f"curves_{task}.png")
+        plot_task(task, by_task[task], figures / f"curves_{task}.png")
     lines += _rule_effect(by_task, tasks)
     lines += _lambda_sensitivity(by_task, tasks)
     lines += _sensitivity(by_task, sensitivity)
@@ -324,7 +325,7 @@ def main() -> None:
     runs = load_runs(args.out)
     if not runs:
         raise SystemExit(f"no finished runs under {args.out}: run python -m benchmarks.glue_tradeoff.run first")
-    write_text_atomic(HERE / "RESULTS.md", report(runs, load_sensitivity(args.out), args.command))
+    write_text_atomic(HERE / "RESULTS.md", report(runs, load_sensitivity(args.out), args.command, HERE))
     print(f"wrote {HERE / 'RESULTS.md'} from {len(runs)} runs")
 
 

@@ -1,0 +1,33 @@
+"""The GLUE trade-off report, on real (tiny) runs laid out as the benchmark driver lays them out."""
+
+import shutil
+
+from benchmarks.glue_tradeoff.report import load_runs, load_sensitivity, report
+from de3.jobs import train
+from tests.conftest import compose_config
+
+
+def test_report_tables_from_run_folders(tiny_config, tmp_path):
+    out = tmp_path / "out"
+    for method in ("de3", "pabee"):
+        folder = out / "rte" / method / "seed42"
+        cfg = tiny_config(f"experiment={method}", "task=rte", "backbone.config_overrides.num_hidden_layers=3")
+        overrides = [o for o in cfg.hydra.overrides.task]
+        train(compose_config(overrides, folder))
+    variant = out / "sensitivity" / "rte" / "loss.alpha=0.3" / "seed42"
+    shutil.copytree(out / "rte" / "de3" / "seed42", variant)
+
+    runs = load_runs(out)
+    assert sorted((r.task, r.method, r.seed, r.rule) for r in runs) == [
+        ("rte", "de3", 42, "edr"),
+        ("rte", "pabee", 42, "patience"),
+    ]
+    text = report(runs, load_sensitivity(out), "the command", tmp_path)
+    de3_row = next(line for line in text.splitlines() if line.startswith("| de3 | edr |"))
+    full_depth = f"{100 * runs[0].full_depth:.1f} (1)"
+    assert de3_row.split(" | ")[2] == full_depth  # the final exit's score, one seed
+    assert "| pcee | — |" in text  # no run yet: a dash, not a number
+    assert "## Rule effect" in text and "| edr |" in text
+    assert "### rte" in text.split("EDR's λ")[1]  # λ re-simulated from the exit cache
+    assert "| loss.alpha=0.3 |" in text
+    assert (tmp_path / "curves_rte.png").is_file()
