@@ -12,8 +12,7 @@ def test_report_tables_from_run_folders(tiny_config, tmp_path):
     for method in ("de3", "pabee"):
         folder = out / "rte" / method / "seed42"
         cfg = tiny_config(f"experiment={method}", "task=rte", "backbone.config_overrides.num_hidden_layers=3")
-        overrides = [o for o in cfg.hydra.overrides.task]
-        train(compose_config(overrides, folder))
+        train(compose_config(list(cfg.hydra.overrides.task), folder))
     variant = out / "sensitivity" / "rte" / "loss.alpha=0.3" / "seed42"
     shutil.copytree(out / "rte" / "de3" / "seed42", variant)
 
