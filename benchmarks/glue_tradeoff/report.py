@@ -183,6 +183,8 @@ def report(runs: list[Run], sensitivity: dict[str, dict[str, list[Run]]], comman
         "- Scores ×100 on the dev split, mean ± std over seeds (n seeds in brackets). At a target "
         "speed-up: the score at the slowest threshold whose speed-up ratio reaches the target "
         '(each method with its own exit rule). "not reached": some seed\'s rule never got that fast.',
+        "- STS-B is regression: every method there exits by PABEE's regression patience (the only rule "
+        "defined without classes), so its methods differ in training only; DE³ needs classes (n/a).",
         "",
     ]
     for target in TARGETS:
