@@ -103,6 +103,11 @@ def load_sensitivity(out: Path) -> dict[str, dict[str, list[Run]]]:
     return found
 
 
+def section(title: str, *text: str) -> list[str]:
+    """A `##` heading and its explanatory lines, as markdown lines."""
+    return [f"## {title}", "", *text, ""]
+
+
 def table_header(*columns: str, names: int = 1) -> list[str]:
     """A markdown header: the first `names` columns left-aligned, the rest right-aligned (numbers)."""
     return ["| " + " | ".join(columns) + " |", "|" + "---|" * names + "---:|" * (len(columns) - names)]
@@ -238,12 +243,10 @@ def _main_table(by_task, tasks: list[str], target: float) -> list[str]:
 
 def _rule_effect(by_task, tasks: list[str]) -> list[str]:
     """Every rule on the same de3-trained runs: the rule's effect apart from training's."""
-    lines = [
-        "## Rule effect: every exit rule on the same `experiment=de3` runs",
-        "",
+    lines = section(
+        "Rule effect: every exit rule on the same `experiment=de3` runs",
         "Same checkpoints, so differences here come from the exit rule alone.",
-        "",
-    ]
+    )
     for task in tasks:
         runs = by_task[task].get("de3", [])
         if not runs:
@@ -262,12 +265,10 @@ def _rule_effect(by_task, tasks: list[str]) -> list[str]:
 
 def _lambda_sensitivity(by_task, tasks: list[str]) -> list[str]:
     """EDR's λ re-simulated from the de3 runs' exit caches (no retraining: λ only enters the rule)."""
-    lines = [
-        "## EDR's λ, re-simulated from the `experiment=de3` runs' exit caches",
-        "",
+    lines = section(
+        "EDR's λ, re-simulated from the `experiment=de3` runs' exit caches",
         "EDR = (λ + 1) / (λ/DR + 1/Entropy): λ = 0 is entropy alone, large λ approaches DR alone.",
-        "",
-    ]
+    )
     for task in tasks:
         runs = [r for r in by_task[task].get("de3", []) if (r.folder / "exit_cache.pt").is_file()]
         if not runs:
