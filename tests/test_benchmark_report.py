@@ -1,7 +1,9 @@
-"""The GLUE trade-off report, on real (tiny) runs laid out as the benchmark driver lays them out."""
+"""The GLUE trade-off driver and report, on real (tiny) runs laid out as the driver lays them out."""
 
+import json
 import shutil
 
+from benchmarks.glue_tradeoff import run as driver
 from benchmarks.glue_tradeoff.report import load_runs, load_sensitivity, report
 from de3.jobs import train
 from tests.conftest import compose_config
@@ -30,3 +32,18 @@ def test_report_tables_from_run_folders(tiny_config, tmp_path):
     assert "### rte" in text.split("EDR's λ")[1]  # λ re-simulated from the exit cache
     assert "| loss.alpha=0.3 |" in text
     assert (tmp_path / "curves_rte.png").is_file()
+
+
+def test_driver_sweeps_a_shared_training_instead_of_retraining(glue_dir, tmp_path, monkeypatch):
+    budget = ("backbone=tiny_bert", "backbone.config_overrides.num_hidden_layers=3", "debug=fast")
+    monkeypatch.setattr(driver, "BUDGET", (*budget, f"data.data_dir={glue_dir}", "data.batch_size=8", "logger=csv"))
+    pabee, pcee = (tmp_path / "rte" / method / "seed42" for method in ("pabee", "pcee"))
+    driver.run_all([driver.Job(pabee, "rte", "pabee", 42), driver.Job(pcee, "rte", "pcee", 42, trained_in=pabee)])
+
+    trained, swept = (json.loads((d / "results.json").read_text()) for d in (pabee, pcee))
+    assert "mode=sweep" in (pcee / "job.log").read_text().splitlines()[0]
+    assert swept["checkpoint"] == trained["checkpoint"]
+    assert swept["scores"] == trained["scores"]  # the same weights, evaluated again
+    assert swept["config"]["exit"]["rule"] == "pcee" and trained["config"]["exit"]["rule"] == "patience"
+    assert "pcee" in (pcee / "sweep.csv").read_text()
+    assert not (pabee / "checkpoints").exists()  # deleted once the sweep no longer needs it

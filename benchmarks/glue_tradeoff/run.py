@@ -5,19 +5,23 @@ python -m benchmarks.glue_tradeoff.run [--tasks rte mrpc] [--methods de3 pabee] 
 Each run is `python run.py experiment=<method> task=<task> seed=<seed>` with the CPU budget
 below, in its own folder `<out>/<task>/<method>/seed<seed>/`. A folder that already holds
 `results.json` and `sweep.csv` is finished and skipped, so rerunning the command continues
-where it stopped. After a run its checkpoints are deleted (hundreds of MB each); what the
-report needs stays: `results.json` (scores, config, git commit), `sweep.csv`, `exit_cache.pt`.
+where it stopped. A method that trains exactly as another (`TRAINED_AS`) does not train the
+same weights again: its run is `mode=sweep` on the other's checkpoint with its own exit rule.
+Checkpoints (hundreds of MB each) are deleted once no pending run needs them; what the report
+needs stays: `results.json` (scores, config, git commit), `sweep.csv`, `exit_cache.pt`.
 Then `python -m benchmarks.glue_tradeoff.report` writes RESULTS.md and the curves.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -40,6 +44,9 @@ EPOCHS = 3
 # Two-stage schemes fine-tune the backbone for the same EPOCHS in stage 1, as in their papers,
 # then train the internal exits for as many again with the backbone frozen.
 TWO_STAGE = ("deebert", "fastbert")
+# PCEE-BERT trains as PABEE does (joint loss, w_m = m; same seed, so the same weights bit for bit):
+# only its exit rule differs.
+TRAINED_AS = {"pcee": "pabee"}
 DEFAULT_OUT = REPO_ROOT / "logs" / "glue_tradeoff"
 
 
@@ -60,30 +67,54 @@ def is_finished(directory: Path) -> bool:
     return (directory / "results.json").is_file() and (directory / "sweep.csv").is_file()
 
 
-def run_one(directory: Path, task: str, method: str, seed: int, extra: Sequence[str] = ()) -> bool:
-    """One training run + sweep (with `extra` overrides); its console output goes to `job.log`
-    beside its results."""
-    if directory.exists():
-        shutil.rmtree(directory)  # an unfinished run starts over
-    directory.mkdir(parents=True)
+@dataclass(frozen=True)
+class Job:
+    """One run of the benchmark: train (or, with `trained_in`, only sweep) `method` on `task`."""
+
+    directory: Path
+    task: str
+    method: str
+    seed: int
+    extra: tuple[str, ...] = ()  # further overrides (the sensitivity variants)
+    trained_in: Path | None = None  # a finished run of the same training whose checkpoint to sweep
+
+    def describe(self) -> str:
+        return f"{self.task} {self.method} seed{self.seed} {' '.join(self.extra)}".strip()
+
+
+def checkpoint_of(directory: Path | None) -> str | None:
+    """The best checkpoint of a finished run, if it is still on disk."""
+    if directory is None or not is_finished(directory):
+        return None
+    checkpoint = json.loads((directory / "results.json").read_text()).get("checkpoint")
+    return checkpoint if checkpoint and Path(checkpoint).is_file() else None
+
+
+def run_one(job: Job) -> bool:
+    """One training run + sweep, or only the sweep of `job.trained_in`'s checkpoint while it is
+    on disk; its console output goes to `job.log` beside its results."""
+    if job.directory.exists():
+        shutil.rmtree(job.directory)  # an unfinished run starts over
+    job.directory.mkdir(parents=True)
+    checkpoint = checkpoint_of(job.trained_in)
+    mode = ["mode=sweep", f"ckpt_path={checkpoint}"] if checkpoint else [f"trainer.max_epochs={epochs(job.method)}"]
     command = [
         sys.executable,
         "run.py",
-        f"experiment={method}",
-        f"task={task}",
-        f"seed={seed}",
+        f"experiment={job.method}",
+        f"task={job.task}",
+        f"seed={job.seed}",
         *BUDGET,
-        f"trainer.max_epochs={epochs(method)}",
-        *extra,
+        *mode,
+        *job.extra,
         "callbacks.progress_bar=null",
-        f"hydra.run.dir={directory}",
+        f"hydra.run.dir={job.directory}",
     ]
-    with open(directory / "job.log", "w") as log:
+    with open(job.directory / "job.log", "w") as log:
         log.write(" ".join(command[1:]) + "\n")
         log.flush()
         done = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT).returncode == 0
-    shutil.rmtree(directory / "checkpoints", ignore_errors=True)
-    return done and is_finished(directory)
+    return done and is_finished(job.directory)
 
 
 def main() -> None:
@@ -94,29 +125,35 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the runs' folders go")
     args = parser.parse_args()
     # seed-major: one complete seed of every (task, method) before the next seed
-    jobs = [
-        (task, method, seed)
-        for seed in args.seeds
-        for task in args.tasks
-        for method in args.methods
-        if applicable(task, method)
-    ]
-    run_all([(run_dir(args.out, *job), *job, ()) for job in jobs])
+    jobs = []
+    for seed in args.seeds:
+        for task in args.tasks:
+            for method in args.methods:
+                if not applicable(task, method):
+                    continue
+                donor = TRAINED_AS.get(method)
+                trained_in = run_dir(args.out, task, donor, seed) if donor in args.methods else None
+                jobs.append(Job(run_dir(args.out, task, method, seed), task, method, seed, trained_in=trained_in))
+    run_all(jobs)
 
 
-def run_all(jobs: Sequence[tuple[Path, str, str, int, Sequence[str]]]) -> None:
-    """Run every (folder, task, method, seed, extra overrides) not finished yet, with a progress bar."""
-    todo = [job for job in jobs if not is_finished(job[0])]
+def run_all(jobs: Sequence[Job]) -> None:
+    """Run every job not finished yet, with a progress bar; delete each checkpoint once no
+    pending job sweeps it."""
+    todo = [job for job in jobs if not is_finished(job.directory)]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished; {len(todo)} to go", flush=True)
     failed = []
-    for directory, task, method, seed, extra in (bar := tqdm(todo, unit="run")):
-        bar.set_description(f"{task} {method} seed{seed} {' '.join(extra)}".strip())
+    for index, job in enumerate(bar := tqdm(todo, unit="run")):
+        bar.set_description(job.describe())
         started = time.perf_counter()
-        if not run_one(directory, task, method, seed, extra):
-            failed.append(directory)
-            tqdm.write(f"FAILED: {directory} (see its job.log)")
+        if not run_one(job):
+            failed.append(job.directory)
+            tqdm.write(f"FAILED: {job.directory} (see its job.log)")
         else:
-            tqdm.write(f"done: {directory} in {time.perf_counter() - started:.0f} s")
+            tqdm.write(f"done: {job.directory} in {time.perf_counter() - started:.0f} s")
+        needed = {later.trained_in for later in todo[index + 1 :]}
+        for directory in {job.directory, job.trained_in} - needed - {None}:
+            shutil.rmtree(directory / "checkpoints", ignore_errors=True)
     if failed:
         raise SystemExit(f"{len(failed)} runs failed: " + ", ".join(map(str, failed)))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.glue_tradeoff.run import DEFAULT_OUT, run_all
+from benchmarks.glue_tradeoff.run import DEFAULT_OUT, Job, run_all
 from de3.data.tasks import GLUE_TASKS
 
 VARIANTS = {
@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     run_all(
         [
-            (variant_dir(args.out, args.task, key, value, seed), args.task, "de3", seed, (f"{key}={value:g}",))
+            Job(variant_dir(args.out, args.task, key, value, seed), args.task, "de3", seed, (f"{key}={value:g}",))
             for seed in args.seeds
             for key, values in VARIANTS.items()
             for value in values
