@@ -23,7 +23,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.glue_tradeoff.run import BUDGET, DEFAULT_OUT, EPOCHS, METHODS, SEEDS, TASKS, TWO_STAGE, applicable  # noqa: E402
+from benchmarks.glue_tradeoff.run import (  # noqa: E402
+    BUDGET,
+    DEFAULT_OUT,
+    EPOCHS,
+    METHODS,
+    SEEDS,
+    TASKS,
+    TRAINED_AS,
+    TWO_STAGE,
+    applicable,
+)
 from benchmarks.per_exit_table import machine  # noqa: E402
 from de3.data.tasks import GLUE_TASKS  # noqa: E402
 from de3.exit_cache import load_exit_caches  # noqa: E402
@@ -31,6 +41,7 @@ from de3.sweep import best_score_from, reaching, sweep_split  # noqa: E402
 from de3.utils.io import atomic_path, write_text_atomic  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+FINDINGS = HERE / "findings.md"  # the hand-written reading of the tables, placed above them
 TARGETS = (1.5, 2.0, 3.0)
 RULE_ORDER = ("edr", "dr", "entropy", "maxprob", "patience", "pcee", "dge")
 LAMBDAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 16.0)  # EDR's λ: 0 is entropy alone, λ → ∞ is DR alone
@@ -190,8 +201,13 @@ def report(runs: list[Run], sensitivity: dict[str, dict[str, list[Run]]], comman
         '(each method with its own exit rule). "not reached": some seed\'s rule never got that fast.',
         "- STS-B is regression: every method there exits by PABEE's regression patience (the only rule "
         "defined without classes), so its methods differ in training only; DE³ needs classes (n/a).",
+        f"- {', '.join(f'{a} trains exactly as {b}' for a, b in TRAINED_AS.items())} (same scheme and seed, so "
+        "the same weights): runs made after this was noticed sweep that checkpoint with their own rule "
+        "instead of training it again.",
         "",
     ]
+    if FINDINGS.is_file():
+        lines += [FINDINGS.read_text().strip(), ""]
     for target in TARGETS:
         lines += _main_table(by_task, tasks, target)
     for task in tasks:
@@ -215,6 +231,7 @@ def report(runs: list[Run], sensitivity: dict[str, dict[str, list[Run]]], comman
             lines.append(f"| {method} | {rule} | " + " | ".join(cells) + " |")
         lines.append("")
         plot_task(task, by_task[task], figures / f"curves_{task}.png")
+    lines += _paired_against_de3(by_task, tasks)
     lines += _rule_effect(by_task, tasks)
     lines += _lambda_sensitivity(by_task, tasks)
     lines += _sensitivity(by_task, sensitivity)
@@ -239,6 +256,34 @@ def _main_table(by_task, tasks: list[str], target: float) -> list[str]:
         average = f"{100 * statistics.fmean(means):.1f}" if means and all(m is not None for m in means) else "—"
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {average} |")
     return lines + [""]
+
+
+def _paired_against_de3(by_task, tasks: list[str]) -> list[str]:
+    """de3 minus each baseline, seed by seed (same seed = same training slice and order)."""
+    lines = section(
+        "DE³ against each baseline, seed by seed",
+        "de3's score minus the baseline's on the same seed (×100, mean ± std over the seeds both have), "
+        "and on how many of those seeds de3 scored higher; each method with its own exit rule.",
+    )
+    classification = [t for t in tasks if not GLUE_TASKS[t].is_regression and by_task[t].get("de3")]
+    for target in TARGETS:
+        lines += [f"### {target}× speed-up", "", *table_header("baseline", *classification)]
+        for method in (m for m in METHODS if m != "de3"):
+            cells = []
+            for task in classification:
+                ours = {r.seed: r.score_at(target) for r in by_task[task]["de3"]}
+                theirs = {r.seed: r.score_at(target) for r in by_task[task].get(method, [])}
+                pairs = [(ours[s], theirs[s]) for s in sorted(ours.keys() & theirs.keys())]
+                if not pairs or any(None in pair for pair in pairs):
+                    cells.append("not reached" if pairs else "—")
+                    continue
+                gaps = [100 * (a - b) for a, b in pairs]
+                spread = f" ± {statistics.stdev(gaps):.1f}" if len(gaps) > 1 else ""
+                wins = sum(g > 0 for g in gaps)
+                cells.append(f"{statistics.fmean(gaps):+.1f}{spread} ({wins}/{len(gaps)})")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def _rule_effect(by_task, tasks: list[str]) -> list[str]:
