@@ -4,7 +4,7 @@ import json
 import shutil
 
 from benchmarks.glue_tradeoff import run as driver
-from benchmarks.glue_tradeoff.report import load_runs, load_sensitivity, report
+from benchmarks.glue_tradeoff.report import TARGETS, load_runs, load_sensitivity, report
 from de3.jobs import train
 from tests.conftest import compose_config
 
@@ -28,6 +28,13 @@ def test_report_tables_from_run_folders(tiny_config, tmp_path):
     full_depth = f"{100 * runs[0].full_depth:.1f} (1)"
     assert de3_row.split(" | ")[2] == full_depth  # the final exit's score, one seed
     assert "| pcee | — |" in text  # no run yet: a dash, not a number
+    for target in TARGETS:  # de3 − pabee on seed 42, or "not reached" where either rule never got that fast
+        paired = text.split("seed by seed")[1].split(f"### {target}×")[1].split("###")[0]
+        de3_score, pabee_score = runs[0].score_at(target), runs[1].score_at(target)
+        gap = None if None in (de3_score, pabee_score) else 100 * (de3_score - pabee_score)
+        assert (
+            f"| pabee | {gap:+.1f} ({int(gap > 0)}/1) |" if gap is not None else "| pabee | not reached |"
+        ) in paired
     assert "## Rule effect" in text and "| edr |" in text
     assert "### rte" in text.split("EDR's λ")[1]  # λ re-simulated from the exit cache
     assert "| loss.alpha=0.3 |" in text
