@@ -44,7 +44,8 @@ def test_report_tables_from_run_folders(tiny_config, tmp_path):
 def test_driver_sweeps_a_shared_training_instead_of_retraining(glue_dir, tmp_path, monkeypatch):
     budget = ("backbone=tiny_bert", "backbone.config_overrides.num_hidden_layers=3", "debug=fast")
     monkeypatch.setattr(driver, "BUDGET", (*budget, f"data.data_dir={glue_dir}", "data.batch_size=8", "logger=csv"))
-    pabee, pcee = (tmp_path / "rte" / method / "seed42" for method in ("pabee", "pcee"))
+    out = tmp_path / "loss.alpha=0.3"  # '=' in a path must not break the Hydra overrides
+    pabee, pcee = (out / "rte" / method / "seed42" for method in ("pabee", "pcee"))
     driver.run_all([driver.Job(pabee, "rte", "pabee", 42), driver.Job(pcee, "rte", "pcee", 42, trained_in=pabee)])
 
     trained, swept = (json.loads((d / "results.json").read_text()) for d in (pabee, pcee))

@@ -82,6 +82,11 @@ class Job:
         return f"{self.task} {self.method} seed{self.seed} {' '.join(self.extra)}".strip()
 
 
+def quoted(value: object) -> str:
+    """A Hydra override value that may hold characters its grammar reserves (a folder `loss.tau=3`)."""
+    return "'" + str(value).replace("'", "\\'") + "'"
+
+
 def checkpoint_of(directory: Path | None) -> str | None:
     """The best checkpoint of a finished run, if it is still on disk."""
     if directory is None or not is_finished(directory):
@@ -97,7 +102,10 @@ def run_one(job: Job) -> bool:
         shutil.rmtree(job.directory)  # an unfinished run starts over
     job.directory.mkdir(parents=True)
     checkpoint = checkpoint_of(job.trained_in)
-    mode = ["mode=sweep", f"ckpt_path={checkpoint}"] if checkpoint else [f"trainer.max_epochs={epochs(job.method)}"]
+    if checkpoint:
+        mode = ["mode=sweep", f"ckpt_path={quoted(checkpoint)}"]
+    else:
+        mode = [f"trainer.max_epochs={epochs(job.method)}"]
     command = [
         sys.executable,
         "run.py",
@@ -108,7 +116,7 @@ def run_one(job: Job) -> bool:
         *mode,
         *job.extra,
         "callbacks.progress_bar=null",
-        f"hydra.run.dir={job.directory}",
+        f"hydra.run.dir={quoted(job.directory)}",
     ]
     with open(job.directory / "job.log", "w") as log:
         log.write(" ".join(command[1:]) + "\n")
