@@ -267,12 +267,16 @@ def _paired_against_de3(by_task, tasks: list[str]) -> list[str]:
     )
     classification = [t for t in tasks if not GLUE_TASKS[t].is_regression and by_task[t].get("de3")]
     for target in TARGETS:
+        by_seed = {  # (task, method) → seed → score at this target, each computed once
+            (task, method): {r.seed: r.score_at(target) for r in runs}
+            for task in classification
+            for method, runs in by_task[task].items()
+        }
         lines += [f"### {target}× speed-up", "", *table_header("baseline", *classification)]
         for method in (m for m in METHODS if m != "de3"):
             cells = []
             for task in classification:
-                ours = {r.seed: r.score_at(target) for r in by_task[task]["de3"]}
-                theirs = {r.seed: r.score_at(target) for r in by_task[task].get(method, [])}
+                ours, theirs = by_seed[task, "de3"], by_seed.get((task, method), {})
                 pairs = [(ours[s], theirs[s]) for s in sorted(ours.keys() & theirs.keys())]
                 if not pairs or any(None in pair for pair in pairs):
                     cells.append("not reached" if pairs else "—")
