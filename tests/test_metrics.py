@@ -48,7 +48,9 @@ def test_correlations_match_scipy_with_ties():
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 6, (200,), generator=generator).float()  # STS-B-like scores, many ties
     predicted = labels + torch.randn(200, generator=generator)
-    assert make_metric("pearson", 1)(predicted, labels).item() == pytest.approx(pearsonr(predicted, labels)[0], abs=1e-5)
+    assert make_metric("pearson", 1)(predicted, labels).item() == pytest.approx(
+        pearsonr(predicted, labels)[0], abs=1e-5
+    )
     assert make_metric("spearman", 1)(predicted, labels).item() == pytest.approx(
         spearmanr(predicted, labels)[0], abs=1e-5
     )
