@@ -125,21 +125,36 @@ def pareto_mask(speedups: Sequence[float], scores: Sequence[float]) -> list[bool
     ]
 
 
-def best_score_from(points: Sequence[tuple[float, float]], speedups: Sequence[float]) -> list[float | None]:
-    """The Pareto frontier read at each speed-up s: the best score among (speed-up, score)
-    points reaching at least s (None where no point does)."""
-    return [max((v for p, v in points if p >= s - 1e-9), default=None) for s in speedups]
+def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The Pareto points of (speed-up, score) pairs, by increasing speed-up (so decreasing score)."""
+    points = list(points)
+    keep = pareto_mask([s for s, _ in points], [v for _, v in points])
+    return sorted(set(p for p, k in zip(points, keep) if k))
 
 
-def _frontier_area(points: list[tuple[float, float]], upto: float) -> float:
-    """Mean over s ∈ [1, upto] of the best score among points with speed-up ≥ s."""
-    total, start = 0.0, 1.0
-    for speed, _ in sorted(points):
-        end = min(speed, upto)
-        if end > start:
-            total += (end - start) * max(v for s, v in points if s >= end)
-            start = end
-    return total / (upto - 1.0)
+def frontier_score(points: Sequence[tuple[float, float]], target: float) -> tuple[float | None, bool]:
+    """The Pareto frontier read at speed-up `target`, and whether the reading is interpolated.
+
+    Between the two Pareto points that bracket the target, the score is interpolated linearly
+    in speed-up, so a rule with a coarse threshold grid is read where its frontier passes the
+    target rather than at the next point it happens to have. Below the slowest Pareto point the
+    reading is that point's score; beyond the fastest there is none (None)."""
+    frontier = pareto_frontier(points)
+    if not frontier or frontier[-1][0] < target - 1e-9:
+        return None, False
+    for (s0, v0), (s1, v1) in zip(frontier, frontier[1:]):
+        if s0 < target - 1e-9 and target < s1 - 1e-9:
+            return v0 + (v1 - v0) * (target - s0) / (s1 - s0), True
+    return max(v for s, v in frontier if s >= target - 1e-9), False
+
+
+def frontier_area(points: Sequence[tuple[float, float]], upto: float) -> float:
+    """Mean over speed-ups s ∈ [1, upto] of `frontier_score` (exact: the reading is piecewise
+    linear between Pareto points and constant below the slowest one)."""
+    knots = sorted({1.0, upto} | {s for s, _ in pareto_frontier(points) if 1.0 < s < upto})
+    values = [frontier_score(points, s)[0] for s in knots]
+    area = sum((b - a) * (va + vb) / 2 for a, b, va, vb in zip(knots, knots[1:], values, values[1:]))
+    return area / (upto - 1.0)
 
 
 def reaching(rows: list[Row], target: float) -> Row | None:
@@ -149,8 +164,10 @@ def reaching(rows: list[Row], target: float) -> Row | None:
 
 
 def summarize(rows: list[Row], metric: str, targets: Sequence[float]) -> dict[str, dict[str, Any]]:
-    """Per split and rule: the score and threshold at each target speed-up, and the area under
-    the rule's Pareto frontier over the speed-ups every rule reaches."""
+    """Per split and rule, at each target speed-up: the deployable point (the slowest threshold
+    reaching it: its threshold, the speed-up it actually reached and its score) and the Pareto
+    frontier's reading there (`frontier_score`); and the area under the rule's frontier over the
+    speed-ups every rule reaches."""
     summary: dict[str, dict[str, Any]] = {}
     for split in dict.fromkeys(r["split"] for r in rows):
         by_rule = {
@@ -160,15 +177,26 @@ def summarize(rows: list[Row], metric: str, targets: Sequence[float]) -> dict[st
         common = min(max(r["speedup"] for r in rule_rows) for rule_rows in by_rule.values())
         summary[split] = {"auc_range": [1.0, common], "rules": {}}
         for rule, rule_rows in by_rule.items():
-            at = {str(t): reaching(rule_rows, t) for t in targets}
             points = [(r["speedup"], r[metric]) for r in rule_rows]
+            targets_entry = {}
+            for target in targets:
+                point = reaching(rule_rows, target)
+                frontier, interpolated = frontier_score(points, target)
+                targets_entry[str(target)] = (
+                    None
+                    if point is None
+                    else {
+                        "threshold": point["threshold"],
+                        "speedup": point["speedup"],
+                        metric: point[metric],
+                        "frontier": frontier,
+                        "interpolated": interpolated,
+                    }
+                )
             summary[split]["rules"][rule] = {
                 "params": json.loads(rule_rows[0]["params"]),
-                "targets": {
-                    t: None if r is None else {"threshold": r["threshold"], "speedup": r["speedup"], metric: r[metric]}
-                    for t, r in at.items()
-                },
-                "auc": _frontier_area(points, common) if common > 1.0 else None,
+                "targets": targets_entry,
+                "auc": frontier_area(points, common) if common > 1.0 else None,
             }
     return summary
 
@@ -186,8 +214,10 @@ def summary_markdown(
         lines += [
             f"## {split} — {metric} ×100 (full depth: {100 * full_depth[split][metric]:.2f})",
             "",
-            "Score at the slowest threshold reaching each speed-up (actual speed-up in brackets); "
-            f"AUC: mean best score over speed-ups {low:.2f}×–{high:.2f}×.",
+            "Per target: the score at the slowest threshold reaching it, with the speed-up it actually "
+            "reached in brackets, then the Pareto frontier read at the target (≈: interpolated "
+            "between the two Pareto points around it). "
+            f"AUC: mean frontier reading over speed-ups {low:.2f}×–{high:.2f}×.",
             "",
             "| rule | params | " + " | ".join(f"{t}×" for t in targets) + " | AUC |",
             "|---|---|" + "---:|" * (len(targets) + 1),
@@ -196,7 +226,13 @@ def summary_markdown(
             cells = []
             for t in targets:
                 point = entry["targets"][str(t)]
-                cells.append("—" if point is None else f"{100 * point[metric]:.2f} ({point['speedup']:.2f}×)")
+                if point is None:
+                    cells.append("—")
+                    continue
+                mark = "≈" if point["interpolated"] else ""
+                cells.append(
+                    f"{100 * point[metric]:.2f} ({point['speedup']:.2f}×) / {mark}{100 * point['frontier']:.2f}"
+                )
             auc = "—" if entry["auc"] is None else f"{100 * entry['auc']:.2f}"
             params = ", ".join(f"{k}={v}" for k, v in entry["params"].items()) or "—"
             lines.append(f"| {rule} | {params} | " + " | ".join(cells) + f" | {auc} |")

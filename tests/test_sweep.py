@@ -11,7 +11,7 @@ from de3.data.tasks import GLUE_TASKS
 from de3.exit_cache import ExitCache, load_exit_caches
 from de3.flops import FlopsModel, layer_speedup
 from de3.jobs import sweep, train
-from de3.sweep import _frontier_area, pareto_mask, reaching, summarize, sweep_split
+from de3.sweep import frontier_area, frontier_score, pareto_mask, reaching, summarize, sweep_split
 
 FLOPS = FlopsModel(hidden_size=8, intermediate_size=16, num_layers=4, exit_head=100, prototype=10)
 ALL_RULES = {
@@ -68,12 +68,30 @@ def test_flops_and_layer_speedup():
 
 def test_pareto_reaching_and_area():
     assert pareto_mask([1, 2, 3, 2], [0.9, 0.8, 0.5, 0.7]) == [True, True, True, False]
-    rows = [{"speedup": s, "threshold": t, "acc": a} for s, t, a in [(1.0, 0.1, 0.9), (1.6, 0.3, 0.8), (2.2, 0.5, 0.6)]]
+    rows = [
+        {"speedup": s, "threshold": t, "acc": a}
+        for s, t, a in [(1.0, 0.1, 0.9), (1.6, 0.3, 0.8), (2.0, 0.4, 0.5), (2.2, 0.5, 0.6)]
+    ]
     assert reaching(rows, 1.5)["threshold"] == 0.3 and reaching(rows, 3.0) is None
-    # best score for s in [1, 1.6] is 0.8, for s in (1.6, 2.2] 0.6
-    assert _frontier_area([(1.0, 0.9), (1.6, 0.8), (2.2, 0.6)], 2.2) == pytest.approx((0.6 * 0.8 + 0.6 * 0.6) / 1.2)
+    points = [(r["speedup"], r["acc"]) for r in rows]  # (2.0, 0.5) is dominated by (2.2, 0.6)
+    assert frontier_score(points, 1.5) == (pytest.approx(0.9 - 0.1 * 0.5 / 0.6), True)
+    assert frontier_score(points, 1.6) == (0.8, False)
+    assert frontier_score(points, 2.0) == (pytest.approx(0.8 - 0.2 * 0.4 / 0.6), True)
+    assert frontier_score(points, 3.0) == (None, False)
+    # trapezoids between the Pareto points: [1, 1.6] and [1.6, 2.2]
+    assert frontier_area(points, 2.2) == pytest.approx((0.6 * 0.85 + 0.6 * 0.7) / 1.2)
     summary = summarize([{**r, "split": "validation", "rule": "entropy", "params": "{}"} for r in rows], "acc", [1.5])
-    assert summary["validation"]["rules"]["entropy"]["targets"]["1.5"]["acc"] == 0.8
+    at = summary["validation"]["rules"]["entropy"]["targets"]["1.5"]
+    assert (at["acc"], at["speedup"], at["interpolated"]) == (0.8, 1.6, True)
+    assert at["frontier"] == pytest.approx(0.9 - 0.1 * 0.5 / 0.6)
+
+
+def test_a_coarse_grid_is_read_where_its_frontier_passes_the_target():
+    """PABEE-like: two points, the second far past 2×. The deployable point is at 2.6×, the
+    frontier reading at 2× lies on the line between the two points."""
+    points = [(1.0, 0.9), (2.6, 0.7)]
+    assert frontier_score(points, 2.0) == (pytest.approx(0.9 - 0.2 * 1.0 / 1.6), True)
+    assert frontier_score(points, 1.0) == (0.9, False)
 
 
 def test_sweep_files_and_a_point_recomputed_by_hand(tiny_config, tmp_path):

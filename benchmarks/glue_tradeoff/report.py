@@ -37,7 +37,7 @@ from benchmarks.glue_tradeoff.run import (  # noqa: E402
 from benchmarks.per_exit_table import machine  # noqa: E402
 from de3.data.tasks import GLUE_TASKS  # noqa: E402
 from de3.exit_cache import load_exit_caches  # noqa: E402
-from de3.sweep import best_score_from, reaching, sweep_split  # noqa: E402
+from de3.sweep import frontier_score, sweep_split  # noqa: E402
 from de3.utils.io import atomic_path, write_text_atomic  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -66,9 +66,7 @@ class Run:
         return [(r["speedup"], r[metric]) for r in self.rows if r["rule"] == (rule or self.rule)]
 
     def score_at(self, target: float, rule: str | None = None) -> float | None:
-        metric = GLUE_TASKS[self.task].main_metric
-        point = reaching([r for r in self.rows if r["rule"] == (rule or self.rule)], target)
-        return None if point is None else point[metric]
+        return frontier_score(self.points(rule), target)[0]
 
 
 def load_run(folder: Path, method: str) -> Run | None:
@@ -147,7 +145,7 @@ def plot_task(task: str, by_method: dict[str, list[Run]], path: Path) -> None:
     metric = GLUE_TASKS[task].main_metric
     grid = [1.0 + 0.05 * i for i in range(101)]  # 1× to 6×
     for index, (method, runs) in enumerate(by_method.items()):
-        curves = [best_score_from(r.points(), grid) for r in runs]
+        curves = [[frontier_score(r.points(), s)[0] for s in grid] for r in runs]
         xs, means, stds = [], [], []
         for i, s in enumerate(grid):
             values = [c[i] for c in curves]
@@ -164,7 +162,7 @@ def plot_task(task: str, by_method: dict[str, list[Run]], path: Path) -> None:
             xs, [m - d for m, d in zip(means, stds)], [m + d for m, d in zip(means, stds)], color=colour, alpha=0.15
         )
     ax.set_xlabel("speed-up ratio (L·N / Σ exit layers)")
-    ax.set_ylabel(f"{metric} ×100 (best at ≥ this speed-up)")
+    ax.set_ylabel(f"{metric} ×100 (Pareto frontier, interpolated)")
     ax.set_title(f"{task}: each method with its own exit rule (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -197,8 +195,9 @@ def report(runs: list[Run], sensitivity: dict[str, dict[str, list[Run]]], comman
         f"the same {EPOCHS} epochs as everyone, stage 2 trains the internal exits for {EPOCHS} more with the "
         "backbone frozen (their papers' protocol).",
         "- Scores ×100 on the dev split, mean ± std over seeds (n seeds in brackets). At a target "
-        "speed-up: the score at the slowest threshold whose speed-up ratio reaches the target "
-        '(each method with its own exit rule). "not reached": some seed\'s rule never got that fast.',
+        "speed-up: the rule's Pareto frontier read at the target, interpolated linearly between the two "
+        "Pareto points around it (`de3.sweep.frontier_score`; the curves use the same reading), each method "
+        'with its own exit rule. "not reached": some seed\'s rule never got that fast.',
         "- STS-B is regression: every method there exits by PABEE's regression patience (the only rule "
         "defined without classes), so its methods differ in training only; DE³ needs classes (n/a).",
         f"- {', '.join(f'{a} trains exactly as {b}' for a, b in TRAINED_AS.items())} (same scheme and seed, so "
@@ -334,9 +333,9 @@ def _lambda_sensitivity(by_task, tasks: list[str]) -> list[str]:
             scores = {t: [] for t in TARGETS}
             for cache in caches:
                 rows = sweep_split(split, cache, spec, {"edr": {"lam": lam}}, flops=None)
+                points = [(r["speedup"], r[spec.main_metric]) for r in rows]
                 for t in TARGETS:
-                    point = reaching(rows, t)
-                    scores[t].append(None if point is None else point[spec.main_metric])
+                    scores[t].append(frontier_score(points, t)[0])
             cells = ["not reached" if None in v else mean_std(v) for v in scores.values()]
             lines.append(f"| {lam:g} | " + " | ".join(cells) + " |")
         lines.append("")
