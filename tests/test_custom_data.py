@@ -93,8 +93,8 @@ def test_one_file_is_split_the_same_way_by_the_same_seed():
 
 
 def test_repeats_and_leakage_are_reported_and_dropped_with_deduplicate(caplog, char_tokenizer):
-    files = {split: str(CUSTOM / f"reviews_utf8_bom_{name}.tsv") for split, name in (("train", "train"), ("validation", "dev"))}
-    config = {"files": files, "text_columns": ["sentence"], "label_names": ["neg", "pos"]}
+    train, dev = (str(CUSTOM / f"reviews_utf8_bom_{name}.tsv") for name in ("train", "dev"))
+    config = {"files": {"train": train, "validation": dev}, "text_columns": ["sentence"], "label_names": ["neg", "pos"]}
     with caplog.at_level(logging.WARNING):
         kept = load_splits(task_from_config(config), ["train", "validation"], None)
     assert len(kept["train"]) == 8
