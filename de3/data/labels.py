@@ -52,7 +52,8 @@ def fill_label_names(task_cfg: DictConfig) -> None:
         return
     layout = custom_layout(task_cfg)
     path = Path(layout.files["train"])
-    values = [str(row[layout.label_column]).strip() for _, row in read_table(layout, "train", path, True)]
+    rows, _ = read_table(layout, "train", path, require_label=True)  # skipped rows are logged when loaded
+    values = [str(row[layout.label_column]).strip() for _, row in rows]
     if not values:
         raise De3Error(f"{path}: no labelled rows")
     names = infer_label_names(values, f"{path}, column {layout.label_column!r}")

@@ -46,17 +46,17 @@ def _bad_row_reason(row: dict[str, object], text_columns: Sequence[str], label_c
     return None
 
 
-def read_table(layout: TableLayout, split: str, path: Path, require_label: bool) -> list[Row]:
-    """The rows of one split's file that have every text and, where the file has a label
-    column (which `require_label` demands), a label.
+def read_table(layout: TableLayout, split: str, path: Path, require_label: bool) -> tuple[list[Row], list[int]]:
+    """(the rows of one split's file that have every text and, where the file has a label
+    column, which `require_label` demands, a label; the line numbers of the rows skipped).
 
     A missing column is an error that lists the columns there are; extra columns are ignored.
-    A row with an empty text or label is skipped and counted (`layout.on_bad_rows="skip"`) or
-    is an error naming its line ("error").
+    A row with an empty text or label is skipped (`layout.on_bad_rows="skip"`) or is an error
+    naming its line ("error").
     """
     rows = read_rows(path, layout.headerless.get(split), layout.encoding)
     if not rows:
-        return []
+        return [], []
     columns = set(rows[0][1])
     missing = [c for c in layout.text_columns if c not in columns]
     if missing:
@@ -74,6 +74,12 @@ def read_table(layout: TableLayout, split: str, path: Path, require_label: bool)
             raise De3Error(f"{path}:{line}: {reason} (task.on_bad_rows=skip skips such rows)")
         else:
             skipped.append(line)
+    return kept, skipped
+
+
+def _from_rows(task: TaskSpec, split: str, path: Path) -> list[Example]:
+    layout = task.local
+    rows, skipped = read_table(layout, split, path, require_label=split not in task.test_splits)
     if skipped:
         log.warning(
             "%s: skipped %d row(s) with an empty text or label, at line(s) %s",
@@ -81,12 +87,6 @@ def read_table(layout: TableLayout, split: str, path: Path, require_label: bool)
             len(skipped),
             ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else ""),
         )
-    return kept
-
-
-def _from_rows(task: TaskSpec, split: str, path: Path) -> list[Example]:
-    layout = task.local
-    rows = read_table(layout, split, path, require_label=split not in task.test_splits)
     labelled = bool(rows) and layout.label_column in rows[0][1]
     return [
         Example(
