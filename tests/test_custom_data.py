@@ -48,6 +48,15 @@ def test_regression_targets_are_stratified_by_quantile():
     assert Counter(bins[i] for i in validation) == dict.fromkeys(range(10), 2)
 
 
+def test_a_regression_file_is_split_across_its_range(tmp_path):
+    path = tmp_path / "scores.jsonl"
+    path.write_text("".join(json.dumps({"text": f"sentence {i}", "score": i / 10}) + "\n" for i in range(50)))
+    config = {"files": {"train": str(path)}, "text_columns": ["text"], "label_column": "score", "regression": True}
+    task = task_from_config({**config, "validation_fraction": 0.2})
+    validation = sorted(e.label for e in load_splits(task, ["validation"], None)["validation"])
+    assert len(validation) == 10 and validation[0] < 0.5 and validation[-1] >= 4.5  # one per tenth of the range
+
+
 def test_label_names_are_the_sorted_distinct_values():
     assert infer_label_names(["pos", "neg", "pos", "neutral"], "f") == ("neg", "neutral", "pos")
     assert infer_label_names(["10", "2", "1", "2"], "f") == ("1", "2", "10")
