@@ -16,8 +16,8 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from de3.callbacks.wandb_run_id import stored_wandb_run_id
+from de3.data.custom import complete_custom_task
 from de3.data.inputs import read_inputs
-from de3.data.labels import fill_label_names
 from de3.data.splits import load_splits, write_split_rows
 from de3.data.tasks import TaskSpec, task_from_config
 from de3.errors import De3Error
@@ -124,7 +124,7 @@ def train(cfg: DictConfig) -> float:
     resume_from = resume_checkpoint(cfg)
     if resume_from is not None:
         continue_wandb_run(cfg, resume_from)
-    fill_label_names(cfg.task)  # before the model, whose checkpoint keeps them
+    complete_custom_task(cfg.task)  # before the model, whose checkpoint keeps it
     model = instantiate(cfg.model)
     if model.loss_fn.num_stages > 1 and cfg.trainer.get("strategy") == "ddp":
         # each stage freezes part of the model, which DDP must be told to expect

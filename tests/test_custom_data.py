@@ -166,3 +166,17 @@ def test_one_latin1_file_without_label_names_trains_and_predicts_label_names(tin
     rows = (tmp_path / "predictions.csv").read_text(encoding="utf-8").splitlines()[1:]
     assert [row.split(",")[0] for row in rows] == [f"{TWEETS}:{line}" for line in validation_lines]
     assert {row.split(",")[1] for row in rows} <= set(TWEET_LABELS)
+
+
+def test_the_config_gets_absolute_paths_and_the_labels_found(monkeypatch, caplog):
+    from omegaconf import OmegaConf
+
+    from de3.data.custom import complete_custom_task
+
+    monkeypatch.chdir(CUSTOM)
+    fields = {"encoding": "latin-1", "text_columns": ["text"], "label_column": "sentiment", "label_names": None}
+    task_cfg = OmegaConf.create({"files": {"train": TWEETS.name}, **fields})
+    with caplog.at_level(logging.INFO):
+        complete_custom_task(task_cfg)
+    assert task_cfg.files.train == str(TWEETS) and list(task_cfg.label_names) == TWEET_LABELS
+    assert "negative (15 rows), neutral (13 rows), positive (15 rows)" in caplog.text

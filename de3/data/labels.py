@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
-
-from de3.data.sources import read_table
-from de3.data.tasks import custom_layout
 from de3.errors import De3Error
-
-log = logging.getLogger(__name__)
 
 MAX_CLASSES = 100
 
@@ -43,21 +34,3 @@ def infer_label_names(values: Sequence[str], where: str) -> tuple[str, ...]:
     if numeric:
         return tuple(sorted(distinct, key=float))
     return tuple(sorted(distinct))
-
-
-def fill_label_names(task_cfg: DictConfig) -> None:
-    """For a custom classification task with `label_names: null`, set them in `task_cfg` from
-    the training file (logged with their counts), so the model and its checkpoint carry them."""
-    if task_cfg.get("files") is None or task_cfg.get("regression") or task_cfg.get("label_names") is not None:
-        return
-    layout = custom_layout(task_cfg)
-    path = Path(layout.files["train"])
-    rows, _ = read_table(layout, "train", path, require_label=True)  # skipped rows are logged when loaded
-    values = [str(row[layout.label_column]).strip() for _, row in rows]
-    if not values:
-        raise De3Error(f"{path}: no labelled rows")
-    names = infer_label_names(values, f"{path}, column {layout.label_column!r}")
-    counts = Counter(values)
-    log.info("labels found in %s: %s", path, ", ".join(f"{name} ({counts[name]} rows)" for name in names))
-    with open_dict(task_cfg):
-        task_cfg.label_names = list(names)

@@ -257,7 +257,7 @@ def _custom_task(cfg: Mapping[str, Any]) -> TaskSpec:
         raise De3Error(f"task {name!r}: set task.label_names (classification) or task.regression=true, not both")
     if not regression and label_names is None:
         raise De3Error(
-            f"task {name!r}: no label names yet: de3.data.labels.fill_label_names reads them from the training file"
+            f"task {name!r}: no label names yet: de3.data.custom.complete_custom_task reads them from the training file"
         )
     metrics = tuple(cfg.get("metrics") or (("spearman", "pearson") if regression else ("accuracy",)))
     unknown = [m for m in metrics if m not in METRIC_NAMES]
