@@ -16,8 +16,9 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from de3.callbacks.wandb_run_id import stored_wandb_run_id
+from de3.data.custom import complete_custom_task
 from de3.data.inputs import read_inputs
-from de3.data.sources import load_split
+from de3.data.splits import load_splits, write_split_rows
 from de3.data.tasks import TaskSpec, task_from_config
 from de3.errors import De3Error
 from de3.flops import layer_speedup
@@ -38,9 +39,12 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 
 
 def build_datamodule(cfg: DictConfig, task: TaskSpec, tokenizer: Any, stage: str) -> L.LightningDataModule:
-    """The data module for `task`, its splits for `stage` loaded now, so bad data fails early."""
+    """The data module for `task`, its splits for `stage` loaded now, so bad data fails early.
+    Splits cut from the training file leave their rows in the run folder (`data_split.json`)."""
     datamodule = instantiate(cfg.data, _partial_=True)(task=task, tokenizer=tokenizer)
     datamodule.setup(stage)
+    if task.local.held_out:
+        write_split_rows(datamodule.origins, Path(cfg.paths.output_dir) / "data_split.json")
     return datamodule
 
 
@@ -120,6 +124,7 @@ def train(cfg: DictConfig) -> float:
     resume_from = resume_checkpoint(cfg)
     if resume_from is not None:
         continue_wandb_run(cfg, resume_from)
+    complete_custom_task(cfg.task)  # before the model, whose checkpoint keeps it
     model = instantiate(cfg.model)
     if model.loss_fn.num_stages > 1 and cfg.trainer.get("strategy") == "ddp":
         # each stage freezes part of the model, which DDP must be told to expect
@@ -184,7 +189,7 @@ def predict(cfg: DictConfig) -> float:
     if settings.input is not None:
         examples = read_inputs(settings.input, settings.text_columns or task.local.text_columns)
     else:
-        examples = load_split(task, settings.split, cfg.data.data_dir, cfg.data.source)
+        examples = load_splits(task, [settings.split], cfg.data.data_dir, cfg.data.source)[settings.split]
     started = time.perf_counter()
     out = predictor.predict([e.texts for e in examples])
     elapsed = time.perf_counter() - started

@@ -1,6 +1,7 @@
 """Reading TSV/CSV/JSON(L): GLUE quirks and errors that name file and line."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +54,32 @@ def test_missing_file_and_unknown_extension(tmp_path):
         read_rows(tmp_path / "nope.tsv")
     with pytest.raises(De3Error, match="unknown file type"):
         read_rows(tmp_path / "data.parquet")
+
+
+CUSTOM = Path(__file__).parent / "data" / "custom"
+
+
+@pytest.mark.parametrize(
+    "name, encoding, expected",
+    [
+        ("tweets_latin1.csv", "latin-1", "Café au lait this morning, très bon!"),
+        ("reviews_cp1252.csv", "cp1252", "Worth every €: the “deluxe” kit – superb"),
+        ("reviews_utf8_bom_train.tsv", "utf-8", "a calm and clever film"),
+    ],
+)
+def test_files_in_any_encoding_read_the_same_with_auto(name, encoding, expected):
+    rows = read_rows(CUSTOM / name, encoding=encoding)
+    assert expected in rows[0][1].values()
+    assert not any(column.startswith("\ufeff") for column in rows[0][1])  # the BOM is not part of the header
+    assert read_rows(CUSTOM / name, encoding="auto") == rows
+
+
+def test_bytes_invalid_in_the_chosen_encoding_name_the_line(tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_bytes("text,label\n€5 well spent,pos\n".encode("cp1252") + b"bad \x81 byte,neg\n")
+    with pytest.raises(De3Error, match=r"reviews\.csv:3: not valid cp1252 .*task\.encoding="):
+        read_rows(path, encoding="cp1252")
+    with pytest.raises(De3Error, match=r"reviews\.csv:2: not valid UTF-8"):
+        read_rows(path)
+    with pytest.raises(De3Error, match="unknown text encoding 'latin-9000'"):
+        read_rows(path, encoding="latin-9000")

@@ -52,12 +52,12 @@ def test_custom_task_from_config():
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ({"files": {"train": "t"}, "text_columns": ["x"], "label_names": ["a", "b"]}, "files.validation is not set"),
+        ({"files": {"validation": "v"}, "text_columns": ["x"], "label_names": ["a", "b"]}, "files.train is not set"),
         (
             {"files": {"train": "t", "validation": "v"}, "text_columns": [], "label_names": ["a", "b"]},
             "one or two columns",
         ),
-        ({"files": {"train": "t", "validation": "v"}, "text_columns": ["x"]}, "either task.label_names"),
+        ({"files": {"train": "t", "validation": "v"}, "text_columns": ["x"]}, "no label names yet"),
         (
             {
                 "files": {"train": "t", "validation": "v"},

@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from de3.data.sampling import EpochShuffleSampler
-from de3.data.sources import Example, load_split
+from de3.data.sources import Example
+from de3.data.splits import load_splits
 from de3.data.tasks import TaskSpec
 from de3.errors import De3Error
 
@@ -69,6 +70,7 @@ class TextTaskDataModule(L.LightningDataModule):
         self.seed = seed
         self.collate = DataCollatorWithPadding(tokenizer)
         self.datasets: dict[str, list[dict[str, Any]]] = {}
+        self.origins: dict[str, list[str]] = {}  # each split's examples' `where`, as served
 
     def encode(self, examples: Sequence[Example]) -> list[dict[str, Any]]:
         """Tokenize examples (truncated to `max_seq_length`) into per-example feature dicts."""
@@ -88,21 +90,24 @@ class TextTaskDataModule(L.LightningDataModule):
                 feature["labels"] = example.label
         return features
 
-    def _load(self, split: str, limit: int | None) -> None:
-        if split not in self.datasets:
-            examples = load_split(self.task, split, self.data_dir, self.source)
-            self.datasets[split] = self.encode(seeded_subset(examples, limit, self.seed))
+    def _load(self, limits: dict[str, int | None]) -> None:
+        """Load, subset and encode the splits named in `limits` (split → example limit) not loaded yet."""
+        splits = [split for split in limits if split not in self.datasets]
+        for split, examples in load_splits(self.task, splits, self.data_dir, self.source).items():
+            examples = seeded_subset(examples, limits[split], self.seed)
+            self.datasets[split] = self.encode(examples)
+            self.origins[split] = [example.where for example in examples]
             log.info("%s/%s: %d examples", self.task.name, split, len(self.datasets[split]))
 
     def setup(self, stage: str | None = None) -> None:
+        limits: dict[str, int | None] = {}
         if stage in ("fit", None):
-            self._load("train", self.train_limit)
+            limits["train"] = self.train_limit
         if stage in ("fit", "validate", None):
-            for split in self.task.eval_splits:
-                self._load(split, self.eval_limit)
+            limits.update(dict.fromkeys(self.task.eval_splits, self.eval_limit))
         if stage == "predict":
-            for split in self.task.test_splits:
-                self._load(split, self.eval_limit)
+            limits.update(dict.fromkeys(self.task.test_splits, self.eval_limit))
+        self._load(limits)
 
     def _loader(self, split: str, sampler: Sampler | None = None) -> DataLoader:
         train = split == "train"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from de3.data.files import FORMATS, decode_utf8, read_rows
+from de3.data.files import FORMATS, decode, read_rows
 from de3.data.sources import Example
 from de3.errors import De3Error
 
@@ -37,7 +37,7 @@ def read_inputs(path: str | Path, text_columns: Sequence[str]) -> list[Example]:
             _check(tuple(str(row[c]) for c in text_columns), f"{path}:{line}", len(text_columns)) for line, row in rows
         ]
     else:
-        lines = decode_utf8(path).split("\n")
+        lines = decode(path).split("\n")
         if lines and lines[-1] == "":
             lines.pop()
         examples = [

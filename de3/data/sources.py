@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from de3.data.files import read_rows
-from de3.data.tasks import TaskSpec
+from de3.data.files import Row, read_rows
+from de3.data.tasks import TableLayout, TaskSpec
 from de3.errors import De3Error
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("auto", "local", "hub")
 
@@ -29,24 +33,69 @@ def local_path(task: TaskSpec, split: str, data_dir: str | Path | None) -> Path:
     return path
 
 
-def _from_rows(task: TaskSpec, split: str, path: Path) -> list[Example]:
-    layout = task.local
-    rows = read_rows(path, layout.headerless.get(split))
+def _is_blank(value: object) -> bool:
+    return value is None or not str(value).strip()
+
+
+def _bad_row_reason(row: dict[str, object], text_columns: Sequence[str], label_column: str | None) -> str | None:
+    empty = [c for c in text_columns if _is_blank(row.get(c))]
+    if empty:
+        return f"empty text in column {empty[0]!r}"
+    if label_column is not None and _is_blank(row.get(label_column)):
+        return f"empty label in column {label_column!r}"
+    return None
+
+
+def read_table(layout: TableLayout, split: str, path: Path, require_label: bool) -> tuple[list[Row], list[int]]:
+    """(the rows of one split's file that have every text and, where the file has a label
+    column, which `require_label` demands, a label; the line numbers of the rows skipped).
+
+    A missing column is an error that lists the columns there are; extra columns are ignored.
+    A row with an empty text or label is skipped (`layout.on_bad_rows="skip"`) or is an error
+    naming its line ("error").
+    """
+    rows = read_rows(path, layout.headerless.get(split), layout.encoding)
     if not rows:
-        return []
+        return [], []
     columns = set(rows[0][1])
     missing = [c for c in layout.text_columns if c not in columns]
     if missing:
         raise De3Error(f"{path}: missing text column(s) {missing}; columns are {sorted(columns)}")
     labelled = layout.label_column is not None and layout.label_column in columns
-    if not labelled and split not in task.test_splits:
+    if require_label and not labelled:
         raise De3Error(f"{path}: missing label column {layout.label_column!r}; columns are {sorted(columns)}")
-    examples = []
+    label_column = layout.label_column if labelled else None
+    kept, skipped = [], []
     for line, row in rows:
-        where = f"{path}:{line}"
-        label = task.encode_label(row[layout.label_column], where) if labelled else None
-        examples.append(Example(tuple(str(row[c]) for c in layout.text_columns), label, where))
-    return examples
+        reason = _bad_row_reason(row, layout.text_columns, label_column)
+        if reason is None:
+            kept.append((line, row))
+        elif layout.on_bad_rows == "error":
+            raise De3Error(f"{path}:{line}: {reason} (task.on_bad_rows=skip skips such rows)")
+        else:
+            skipped.append(line)
+    return kept, skipped
+
+
+def _from_rows(task: TaskSpec, split: str, path: Path) -> list[Example]:
+    layout = task.local
+    rows, skipped = read_table(layout, split, path, require_label=split not in task.test_splits)
+    if skipped:
+        log.warning(
+            "%s: skipped %d row(s) with an empty text or label, at line(s) %s",
+            path,
+            len(skipped),
+            ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else ""),
+        )
+    labelled = bool(rows) and layout.label_column in rows[0][1]
+    return [
+        Example(
+            tuple(str(row[c]) for c in layout.text_columns),
+            task.encode_label(row[layout.label_column], f"{path}:{line}") if labelled else None,
+            f"{path}:{line}",
+        )
+        for line, row in rows
+    ]
 
 
 def _from_hub(task: TaskSpec, split: str) -> list[Example]:

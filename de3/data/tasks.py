@@ -7,27 +7,40 @@ config node into a spec, either by GLUE name or from the fields of a custom data
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from de3.data.files import check_encoding
 from de3.errors import De3Error
 
 METRIC_NAMES = ("accuracy", "f1", "mcc", "pearson", "spearman")
+BAD_ROW_POLICIES = ("skip", "error")
+DEFAULT_VALIDATION_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
 class TableLayout:
-    """Where a task's splits live as files and which columns hold the text and the label.
+    """Where a task's splits live as files, which columns hold the text and the label, and how
+    the rows are read.
 
-    `files` maps a split name to a path (relative to the data directory for GLUE, absolute or
-    relative to the working directory for custom data). `headerless` names the columns of the
-    splits whose files have no header row (GLUE's CoLA train/dev).
+    `files` maps a split name to a path (relative to the data directory for GLUE, absolute for
+    custom data). `headerless` names the columns of the splits whose files have no header row
+    (GLUE's CoLA train/dev). `encoding` is a Python codec or "auto". `on_bad_rows` says what
+    a row with an empty text or label does: "skip" (counted and logged) or "error".
+    `held_out` maps splits that have no file to the fraction of the training file they take,
+    drawn with `split_seed`; `deduplicate` drops repeated and leaked texts from train.
     """
 
     files: Mapping[str, str]
     text_columns: tuple[str, ...]
     label_column: str | None
     headerless: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    encoding: str = "utf-8"
+    on_bad_rows: str = "error"
+    held_out: Mapping[str, float] = field(default_factory=dict)
+    split_seed: int = 0
+    deduplicate: bool = False
 
 
 @dataclass(frozen=True)
@@ -193,33 +206,73 @@ GLUE_TASKS: dict[str, TaskSpec] = {
 }
 
 
-def _custom_task(cfg: Mapping[str, Any]) -> TaskSpec:
+def _held_out(cfg: Mapping[str, Any], name: str, files: Mapping[str, str]) -> dict[str, float]:
+    """The splits cut from the training file: {split: fraction}."""
+    held_out = {}
+    for split in ("validation", "test"):
+        fraction = cfg.get(f"{split}_fraction")
+        if fraction is not None and files.get(split):
+            raise De3Error(f"task {name!r}: give task.files.{split} or task.{split}_fraction, not both")
+        if fraction is None and split == "validation" and not files.get(split):
+            fraction = DEFAULT_VALIDATION_FRACTION
+        if fraction is not None:
+            if not 0 < fraction < 1:
+                raise De3Error(f"task {name!r}: task.{split}_fraction must lie between 0 and 1, got {fraction}")
+            held_out[split] = float(fraction)
+    if sum(held_out.values()) >= 1:
+        raise De3Error(f"task {name!r}: the held-out fractions {held_out} leave nothing to train on")
+    return held_out
+
+
+def custom_layout(cfg: Mapping[str, Any]) -> TableLayout:
+    """The files, columns and reading rules of a custom task's config node."""
     name = cfg.get("name", "custom")
-    files = dict(cfg.get("files") or {})
-    for required in ("train", "validation"):
-        if not files.get(required):
-            raise De3Error(f"task {name!r}: task.files.{required} is not set (a CSV/TSV/JSON(L) path)")
+    files = {split: str(Path(path).expanduser().absolute()) for split, path in (cfg.get("files") or {}).items() if path}
+    if not files.get("train"):
+        raise De3Error(f"task {name!r}: task.files.train is not set (a CSV/TSV/JSON(L) path)")
     text_columns = tuple(cfg.get("text_columns") or ())
     if not 1 <= len(text_columns) <= 2:
         raise De3Error(f"task {name!r}: task.text_columns must name one or two columns, got {list(text_columns)}")
+    on_bad_rows = cfg.get("on_bad_rows", "skip")
+    if on_bad_rows not in BAD_ROW_POLICIES:
+        raise De3Error(f"task {name!r}: task.on_bad_rows must be one of {list(BAD_ROW_POLICIES)}, got {on_bad_rows!r}")
+    return TableLayout(
+        files=files,
+        text_columns=text_columns,
+        label_column=cfg.get("label_column", "label"),
+        encoding=check_encoding(cfg.get("encoding") or "utf-8"),
+        on_bad_rows=on_bad_rows,
+        held_out=_held_out(cfg, name, files),
+        split_seed=int(cfg.get("split_seed") or 0),
+        deduplicate=bool(cfg.get("deduplicate", False)),
+    )
+
+
+def _custom_task(cfg: Mapping[str, Any]) -> TaskSpec:
+    name = cfg.get("name", "custom")
+    layout = custom_layout(cfg)
     regression = bool(cfg.get("regression", False))
     label_names = cfg.get("label_names")
-    if regression == (label_names is not None):
-        raise De3Error(f"task {name!r}: set either task.label_names (classification) or task.regression=true")
+    if regression and label_names is not None:
+        raise De3Error(f"task {name!r}: set task.label_names (classification) or task.regression=true, not both")
+    if not regression and label_names is None:
+        raise De3Error(
+            f"task {name!r}: no label names yet: de3.data.custom.complete_custom_task reads them from the training file"
+        )
     metrics = tuple(cfg.get("metrics") or (("spearman", "pearson") if regression else ("accuracy",)))
     unknown = [m for m in metrics if m not in METRIC_NAMES]
     if unknown:
         raise De3Error(f"task {name!r}: unknown metric(s) {unknown}; choose from {list(METRIC_NAMES)}")
     if not regression and len(label_names) < 2:
         raise De3Error(f"task {name!r}: task.label_names needs at least two classes, got {list(label_names)}")
-    splits = [s for s in files if s != "train"]
+    splits = [s for s in (*layout.files, *layout.held_out) if s != "train"]
     return TaskSpec(
         name=name,
         label_names=None if regression else tuple(str(n) for n in label_names),
         metrics=metrics,
         eval_splits=tuple(s for s in splits if not s.startswith("test")),
         test_splits=tuple(s for s in splits if s.startswith("test")),
-        local=TableLayout(files=files, text_columns=text_columns, label_column=cfg.get("label_column", "label")),
+        local=layout,
     )
 
 
@@ -233,4 +286,10 @@ def task_from_config(cfg: Mapping[str, Any]) -> TaskSpec:
             f"unknown task {name!r}: GLUE tasks are {sorted(GLUE_TASKS)}; "
             "for your own data use task=custom and set task.files"
         )
-    return GLUE_TASKS[name]
+    spec = GLUE_TASKS[name]
+    on_bad_rows = cfg.get("on_bad_rows")
+    if on_bad_rows is not None:  # `+task.on_bad_rows=skip` on the command line
+        if on_bad_rows not in BAD_ROW_POLICIES:
+            raise De3Error(f"task.on_bad_rows must be one of {list(BAD_ROW_POLICIES)}, got {on_bad_rows!r}")
+        spec = replace(spec, local=replace(spec.local, on_bad_rows=on_bad_rows))
+    return spec
