@@ -96,6 +96,8 @@ class TextTaskDataModule(L.LightningDataModule):
         if split not in self.datasets:
             examples = load_split(self.task, split, self.data_dir, self.source)
             self.datasets[split] = self.encode(seeded_subset(examples, limit, self.seed))
+            for position, feature in enumerate(self.datasets[split]):
+                feature["index"] = position  # batches name their examples (stage 2 reads cached layer outputs by it)
             log.info("%s/%s: %d examples", self.task.name, split, len(self.datasets[split]))
 
     def setup(self, stage: str | None = None) -> None:

@@ -1,0 +1,52 @@
+"""Stage 2 of a two-stage scheme trained on cached layer outputs: the same training as running
+the frozen backbone at every step, when the backbone has no dropout to differ by."""
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from de3.jobs import build_datamodule
+from de3.models.layer_cache import cache_pooled_layers
+
+NO_DROPOUT = (
+    "+backbone.config_overrides.hidden_dropout_prob=0.0",
+    "+backbone.config_overrides.attention_probs_dropout_prob=0.0",
+    "model.exits.dropout=0.0",
+)
+
+
+def trained_weights(cfg) -> dict[str, torch.Tensor]:
+    L.seed_everything(0)
+    module = instantiate(cfg.model)
+    datamodule = build_datamodule(cfg, module.task, module.tokenizer, "fit")
+    trainer = L.Trainer(
+        max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0
+    )
+    trainer.fit(module, datamodule)
+    return {name: p.detach().clone() for name, p in module.model.named_parameters()}
+
+
+@pytest.mark.parametrize("loss", ["distill"])
+def test_cached_stage_two_trains_as_the_backbone_would(tiny_config, loss):
+    overrides = ("task=rte", f"loss={loss}", "trainer.max_steps=6", "model.bypass.enabled=true", *NO_DROPOUT)
+    cached = trained_weights(tiny_config(*overrides, "loss.cache_layers=true"))
+    uncached = trained_weights(tiny_config(*overrides, "loss.cache_layers=false"))
+    assert cached.keys() == uncached.keys()
+    for name, tensor in uncached.items():
+        torch.testing.assert_close(cached[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+    assert any(not torch.equal(cached[n], t) for n, t in uncached.items())  # ... through padding-free arithmetic
+
+
+def test_cache_holds_every_example_in_input_order(tiny_config):
+    cfg = tiny_config("task=mrpc", *NO_DROPOUT)
+    module = instantiate(cfg.model)
+    datamodule = build_datamodule(cfg, module.task, module.tokenizer, "fit")
+    features = datamodule.datasets["train"]
+    cache = cache_pooled_layers(module.model, features, datamodule.collate, batch_size=5)
+    module.model.eval()
+    for i in (0, len(features) // 2, len(features) - 1):
+        one = datamodule.collate([features[i]])
+        alone = module.model.pooled_layers(one["input_ids"], one["attention_mask"], one["token_type_ids"])
+        torch.testing.assert_close(cache[i], alone[:, 0], rtol=1e-4, atol=1e-5)
+    assert module.model.training is False and cache.shape[0] == len(features)
