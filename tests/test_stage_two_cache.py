@@ -29,13 +29,20 @@ def trained_weights(cfg) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("loss", ["distill"])
 def test_cached_stage_two_trains_as_the_backbone_would(tiny_config, loss):
-    overrides = ("task=rte", f"loss={loss}", "trainer.max_steps=6", "model.bypass.enabled=true", *NO_DROPOUT)
+    # a large learning rate, so that training on wrongly paired vectors and labels would show
+    overrides = (
+        "task=rte",
+        f"loss={loss}",
+        "trainer.max_steps=6",
+        "model.bypass.enabled=true",
+        "model.optimizer.lr=1e-2",
+    )
+    overrides += NO_DROPOUT
     cached = trained_weights(tiny_config(*overrides, "loss.cache_layers=true"))
     uncached = trained_weights(tiny_config(*overrides, "loss.cache_layers=false"))
     assert cached.keys() == uncached.keys()
     for name, tensor in uncached.items():
         torch.testing.assert_close(cached[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
-    assert any(not torch.equal(cached[n], t) for n, t in uncached.items())  # ... through padding-free arithmetic
 
 
 def test_cache_holds_every_example_in_input_order(tiny_config):
