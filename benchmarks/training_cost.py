@@ -154,6 +154,7 @@ def step_rows(task: str, max_seq_length: int, args) -> list[str]:
     return rows
 
 
+RUN = (sys.executable, "run.py")
 END_TO_END = (
     "task=sst2",
     "backbone=minilm",
@@ -166,18 +167,25 @@ END_TO_END = (
 
 
 def end_to_end_rows(repos: list[Path], train_limit: int, out: Path) -> list[str]:
-    """Markdown rows: wall time of one whole `run.py` run (train, evaluate, sweep) per checkout."""
+    """Markdown rows: wall time of one whole `run.py` run (train, evaluate, sweep) per checkout,
+    all checkouts started at once so that they share the machine's load alike."""
+    out.mkdir(parents=True, exist_ok=True)
+    started, running, seconds = time.perf_counter(), {}, {}
+    for repo in repos:
+        command = [*RUN, *END_TO_END, f"data.train_limit={train_limit}", f"hydra.run.dir={out / repo.name}"]
+        with open(out / f"{repo.name}.log", "w") as log:
+            running[repo] = subprocess.Popen(command, cwd=repo, stdout=log, stderr=subprocess.STDOUT)
+    while len(seconds) < len(running):
+        time.sleep(1)
+        for repo, process in running.items():
+            if repo not in seconds and process.poll() is not None:
+                if process.returncode != 0:
+                    raise SystemExit(f"{repo}: run failed, see {out / repo.name}.log")
+                seconds[repo] = time.perf_counter() - started
     rows = []
     for repo in repos:
-        run_dir = out / repo.name
-        command = [sys.executable, "run.py", *END_TO_END, f"data.train_limit={train_limit}", f"hydra.run.dir={run_dir}"]
-        started = time.perf_counter()
-        done = subprocess.run(command, cwd=repo, capture_output=True, text=True)
-        seconds = time.perf_counter() - started
-        if done.returncode != 0:
-            raise SystemExit(f"{repo}: run failed\n{done.stderr[-2000:]}")
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
-        rows.append(f"| {repo.name} ({commit.stdout.strip()}) | {train_limit} | {seconds:.0f} |")
+        rows.append(f"| {repo.name} ({commit.stdout.strip()}) | {train_limit} | {seconds[repo]:.0f} |")
     return rows
 
 
