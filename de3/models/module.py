@@ -120,6 +120,28 @@ class MultiExitModule(L.LightningModule):
         optimizer is configured: the stages split the run's total steps)."""
         return bisect.bisect_right(self._stage_starts, max(step, 0)) - 1
 
+    def on_fit_start(self) -> None:
+        if self.loss_fn.stage1_ckpt and self.trainer.ckpt_path is None:  # a resumed run has its own weights
+            self.load_stage_one(self.loss_fn.stage1_ckpt)
+
+    def load_stage_one(self, path: str | Path) -> None:
+        """Take the backbone and the final exit from the checkpoint of a finished stage 1."""
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise De3Error(f"loss.stage1_ckpt: no checkpoint file at {path}")
+        saved = torch.load(path, map_location=self.device, weights_only=True)
+        for part, key in (("task", "name"), ("backbone", "name"), ("backbone", "path"), ("exits", "pooling")):
+            theirs, ours = saved["hyper_parameters"][part].get(key), self.hparams[part].get(key)
+            if theirs != ours:
+                raise De3Error(f"loss.stage1_ckpt {path} has {part}.{key}={theirs!r}, this run {ours!r}")
+        prefixes = ("model.backbone.", f"model.exits.{self.model.num_layers - 1}.")
+        weights = {name: value for name, value in saved["state_dict"].items() if name.startswith(prefixes)}
+        missing = [name for name in self.state_dict() if name.startswith(prefixes) and name not in weights]
+        if missing:
+            raise De3Error(f"loss.stage1_ckpt {path} lacks {len(missing)} stage-1 weights, e.g. {missing[0]}")
+        self.load_state_dict(weights, strict=False)
+        log.info("stage 1 from %s: training stage 2 only", path)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         stage = self.stage_at(self.global_step)
         if stage != self._entered_stage:
