@@ -36,7 +36,6 @@ from de3.models.backbone import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = {"sst2": 64, "mrpc": 128}
-SCHEMES = ("joint", "de3", "badge", "two_stage")
 
 
 def datamodule(task: str, tokenizer, glue_dir: str, max_seq_length: int, grouped: bool) -> TextTaskDataModule:
@@ -90,7 +89,7 @@ def anchor_step(model_dir: str, num_labels: int) -> Callable[[dict], None]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
 
     def step(batch: dict) -> None:
-        model(**batch).loss.backward()
+        model(**{key: value for key, value in batch.items() if key != "index"}).loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad()
@@ -98,17 +97,27 @@ def anchor_step(model_dir: str, num_labels: int) -> Callable[[dict], None]:
     return step
 
 
-def scheme_step(task: str, scheme: str, models_dir: str) -> Callable[[dict], None]:
-    """`MultiExitModule` built from the real config with `loss=scheme`; for two_stage, its stage 2."""
+def build_module(task: str, scheme: str, models_dir: str, *overrides: str):
+    """`MultiExitModule` built from the real config with `loss=scheme`, in its last stage."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(
-            "config", overrides=[f"task={task}", "backbone=minilm", f"loss={scheme}", f"paths.models_dir={models_dir}"]
-        )
+        base = [f"task={task}", "backbone=minilm", f"loss={scheme}", f"paths.models_dir={models_dir}"]
+        cfg = compose("config", overrides=[*base, *overrides])
     torch.manual_seed(0)
     module = instantiate(cfg.model)
     stage = module.loss_fn.num_stages - 1
     module.loss_fn.enter_stage(stage, module.model)
     module._entered_stage = stage
+    return module
+
+
+def scheme_step(module, cached_batches: list[dict] | None = None) -> Callable[[dict], None]:
+    """One training step of `module`; with `cached_batches`, stage 2 on their cached layer outputs
+    (computed here, untimed, as `cache_pooled_layers` does once per run)."""
+    if cached_batches is not None:
+        size = 1 + max(int(b["index"].max()) for b in cached_batches)
+        module._layer_cache = torch.zeros(size, module.model.num_layers, module.model.backbone.hidden_size)
+        for batch in cached_batches:
+            module._layer_cache[batch["index"]] = cache_pass(module)(batch).transpose(0, 1)
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=5e-5)
 
@@ -120,6 +129,20 @@ def scheme_step(task: str, scheme: str, models_dir: str) -> Callable[[dict], Non
         module.on_train_batch_end(None, batch, 0)
 
     return step
+
+
+def cache_pass(module) -> Callable[[dict], torch.Tensor]:
+    """The frozen backbone's share of stage 2 with cached layers: one eval-mode forward of a batch."""
+
+    @torch.no_grad()
+    def forward(batch: dict) -> torch.Tensor:
+        module.model.eval()
+        try:
+            return module.model.pooled_layers(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        finally:
+            module.model.train()
+
+    return forward
 
 
 def step_rows(task: str, max_seq_length: int, args) -> list[str]:
@@ -134,10 +157,13 @@ def step_rows(task: str, max_seq_length: int, args) -> list[str]:
     variants = {
         "plain fine-tuning (anchor)": anchor_step(f"{args.models_dir}/all-MiniLM-L6-v2", GLUE_TASKS[task].num_outputs)
     }
-    for scheme in SCHEMES:
-        variants[f"loss={scheme}" + (" (stage 2)" if scheme == "two_stage" else "")] = scheme_step(
-            task, scheme, args.models_dir
-        )
+    for scheme in ("joint", "de3", "badge"):
+        variants[f"loss={scheme}"] = scheme_step(build_module(task, scheme, args.models_dir))
+    uncached = build_module(task, "two_stage", args.models_dir, "loss.cache_layers=false")
+    variants["loss=two_stage, stage 2, backbone run every step"] = scheme_step(uncached)
+    cached = build_module(task, "two_stage", args.models_dir)
+    variants["loss=two_stage, stage 2 on cached layers"] = scheme_step(cached, batches)
+    variants["stage 2's cache pass, per batch (once per run)"] = cache_pass(cached)
     times: dict[str, list[float]] = {name: [] for name in variants}
     for batch in batches:
         for name, step in variants.items():
@@ -196,30 +222,34 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--skip-steps", action="store_true", help="no step table")
+    parser.add_argument("--skip-padding", action="store_true", help="no padding table")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS), help="of the step table")
     parser.add_argument("--end-to-end", nargs="*", type=Path, default=[], help="checkouts to time one whole run in")
     parser.add_argument("--train-limit", type=int, default=2000, help="training examples of the end-to-end run")
     parser.add_argument("--out", type=Path, default=REPO / "logs" / "training_cost")
     args = parser.parse_args()
     print("# Training cost: step time per scheme, and padding\n")
-    print(f"Command: `python -m benchmarks.training_cost --steps {args.steps} --warmup {args.warmup}`  ")
+    print(f"Command: `python -m benchmarks.training_cost {' '.join(sys.argv[1:])}`  ")
     print(f"Machine: {machine()}; 2-core CPU, shared with parallel work (timings are noisy)  ")
     print(f"Date: {datetime.date(2026, 11, 22)}\n")
-    print("## Padding removed by length-grouped batches (all-MiniLM-L6-v2 tokenizer, batch 32)\n")
-    print("Real tokens / padded tokens; train: one epoch, plain shuffle vs length-grouped (mega-batches")
-    print("of 50 batches); dev: one pass (eval batch 64), input order vs sorted by length.\n")
-    print(
-        "| task | max_seq_length | train before | train after | train padding removed"
-        " | dev before | dev after | dev padding removed |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    tokenizer = load_tokenizer("minilm", f"{args.models_dir}/all-MiniLM-L6-v2", model_type="bert")
-    for task, length in (("mrpc", 128), ("rte", 128), ("sst2", 64)):
-        print(padding_row(task, tokenizer, args.glue_dir, length), flush=True)
+    if not args.skip_padding:
+        print("## Padding removed by length-grouped batches (all-MiniLM-L6-v2 tokenizer, batch 32)\n")
+        print("Real tokens / padded tokens; train: one epoch, plain shuffle vs length-grouped (mega-batches")
+        print("of 50 batches); dev: one pass (eval batch 64), input order vs sorted by length.\n")
+        print(
+            "| task | max_seq_length | train before | train after | train padding removed"
+            " | dev before | dev after | dev padding removed |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        tokenizer = load_tokenizer("minilm", f"{args.models_dir}/all-MiniLM-L6-v2", model_type="bert")
+        for task, length in (("mrpc", 128), ("rte", 128), ("sst2", 64)):
+            print(padding_row(task, tokenizer, args.glue_dir, length), flush=True)
     if not args.skip_steps:
         print(f"\n## One training step on the same batch (median of {args.steps} after {args.warmup} warm-up)\n")
         print("| task | max_seq_length | variant | s/step | examples/s | × anchor |")
         print("|---|---|---|---|---|---|")
-        for task, length in TASKS.items():
+        for task in args.tasks:
+            length = TASKS[task]
             for row in step_rows(task, length, args):
                 print(row, flush=True)
     if args.end_to_end:
