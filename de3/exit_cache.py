@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from de3.data.sampling import input_order
 from de3.models.multi_exit import MultiExitModel
 from de3.utils.io import atomic_path
 
@@ -39,15 +40,14 @@ def collect_exit_cache(
     model: MultiExitModel,
     loader: DataLoader,
     keep_mapped: bool = False,
-    max_samples: int | None = None,
     description: str = "caching exit outputs",
 ) -> ExitCache:
-    """Run `model` (in eval mode) over `loader` once and stack every exit's outputs on the CPU."""
+    """Run `model` (in eval mode) over `loader` once and stack every exit's outputs on the CPU,
+    in the order of the loader's dataset (also when its batches are sorted by length)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     parts: dict[str, list[torch.Tensor]] = {"logits": [], "labels": [], "lengths": [], "distances": [], "mapped": []}
-    seen = 0
     try:
         for batch in tqdm(loader, desc=description, leave=False):
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -60,14 +60,16 @@ def collect_exit_cache(
                 parts["distances"].append(output.distances.float().cpu())
                 if keep_mapped:
                     parts["mapped"].append(output.mapped.float().cpu())
-            seen += len(batch["input_ids"])
-            if max_samples is not None and seen >= max_samples:
-                break
     finally:
         model.train(was_training)
 
+    order = input_order(loader)
+
     def cat(name: str, dim: int) -> torch.Tensor | None:
-        return torch.cat(parts[name], dim) if parts[name] else None
+        if not parts[name]:
+            return None
+        stacked = torch.cat(parts[name], dim)
+        return stacked if order is None else stacked.index_select(dim, order)
 
     return ExitCache(
         logits=cat("logits", 1),

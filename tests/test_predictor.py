@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from de3.data.datamodule import TextTaskDataModule
+from de3.data.sampling import input_order
 from de3.data.tasks import GLUE_TASKS
 from de3.errors import De3Error
 from de3.exit_cache import collect_exit_cache
@@ -72,8 +73,10 @@ def assert_real_equals_simulated(module, loader, quantiles=(0.05, 0.3, 0.6)):
             real = [
                 predictor.predict_batch(b["input_ids"], b["attention_mask"], b.get("token_type_ids")) for b in loader
             ]
-            real_layers = torch.cat([r.exit_layer for r in real])
-            real_answers = torch.cat([r.prediction for r in real])
+            order = input_order(loader)  # the cache is in input order; the loader's batches are sorted by length
+            assert order is not None
+            real_layers = torch.cat([r.exit_layer for r in real])[order]
+            real_answers = torch.cat([r.prediction for r in real])[order]
             assert torch.equal(real_layers, layers), (rule.name, threshold)
             assert torch.equal(real_answers, answers), (rule.name, threshold)
             checked += 1

@@ -47,6 +47,9 @@ TWO_STAGE = ("deebert", "fastbert")
 # PCEE-BERT trains as PABEE does (joint loss, w_m = m; same seed, so the same weights bit for bit):
 # only its exit rule differs.
 TRAINED_AS = {"pcee": "pabee"}
+# FastBERT's stage 1 is DeeBERT's (same fine-tuning, same seed, bit for bit): it starts from
+# DeeBERT's checkpoint (`loss.stage1_ckpt`) and trains its stage 2 only, for EPOCHS epochs.
+STAGE_ONE_OF = {"fastbert": "deebert"}
 DEFAULT_OUT = REPO_ROOT / "logs" / "glue_tradeoff"
 
 
@@ -77,6 +80,7 @@ class Job:
     seed: int
     extra: tuple[str, ...] = ()  # further overrides (the sensitivity variants)
     trained_in: Path | None = None  # a finished run of the same training whose checkpoint to sweep
+    stage_one_in: Path | None = None  # a finished run whose checkpoint holds this run's stage 1
 
     def describe(self) -> str:
         return f"{self.task} {self.method} seed{self.seed} {' '.join(self.extra)}".strip()
@@ -102,8 +106,11 @@ def run_one(job: Job) -> bool:
         shutil.rmtree(job.directory)  # an unfinished run starts over
     job.directory.mkdir(parents=True)
     checkpoint = checkpoint_of(job.trained_in)
+    stage_one = checkpoint_of(job.stage_one_in)
     if checkpoint:
         mode = ["mode=sweep", f"ckpt_path={quoted(checkpoint)}"]
+    elif stage_one:
+        mode = [f"trainer.max_epochs={EPOCHS}", f"loss.stage1_ckpt={quoted(stage_one)}"]
     else:
         mode = [f"trainer.max_epochs={epochs(job.method)}"]
     command = [
@@ -139,9 +146,17 @@ def main() -> None:
             for method in args.methods:
                 if not applicable(task, method):
                     continue
-                donor = TRAINED_AS.get(method)
-                trained_in = run_dir(args.out, task, donor, seed) if donor in args.methods else None
-                jobs.append(Job(run_dir(args.out, task, method, seed), task, method, seed, trained_in=trained_in))
+                donor, stage_one = TRAINED_AS.get(method), STAGE_ONE_OF.get(method)
+                jobs.append(
+                    Job(
+                        run_dir(args.out, task, method, seed),
+                        task,
+                        method,
+                        seed,
+                        trained_in=run_dir(args.out, task, donor, seed) if donor in args.methods else None,
+                        stage_one_in=run_dir(args.out, task, stage_one, seed) if stage_one in args.methods else None,
+                    )
+                )
     run_all(jobs)
 
 
@@ -159,8 +174,8 @@ def run_all(jobs: Sequence[Job]) -> None:
             tqdm.write(f"FAILED: {job.directory} (see its job.log)")
         else:
             tqdm.write(f"done: {job.directory} in {time.perf_counter() - started:.0f} s")
-        needed = {later.trained_in for later in todo[index + 1 :]}
-        for directory in {job.directory, job.trained_in} - needed - {None}:
+        needed = {donor for later in todo[index + 1 :] for donor in (later.trained_in, later.stage_one_in)}
+        for directory in {job.directory, job.trained_in, job.stage_one_in} - needed - {None}:
             shutil.rmtree(directory / "checkpoints", ignore_errors=True)
     if failed:
         raise SystemExit(f"{len(failed)} runs failed: " + ", ".join(map(str, failed)))

@@ -80,10 +80,8 @@ class PrototypeProjection(L.Callback):
         prototypes = pl_module.model.prototypes
         if prototypes is None or trainer.state.fn != TrainerFn.VALIDATING or not trainer.is_global_zero:
             return
-        loader = trainer.datamodule.whole_eval_dataloaders()[0]
-        cache = collect_exit_cache(
-            pl_module.model, loader, keep_mapped=True, max_samples=self.max_samples, description="projecting prototypes"
-        )
+        loader = trainer.datamodule.whole_eval_dataloaders(limit=self.max_samples)[0]
+        cache = collect_exit_cache(pl_module.model, loader, keep_mapped=True, description="projecting prototypes")
         internal = prototypes.prototypes.shape[0]
         layers = sorted({round(i * (internal - 1) / max(self.num_panels - 1, 1)) for i in range(self.num_panels)})
         path = plot_prototype_projection(

@@ -14,7 +14,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Sampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
-from de3.data.sampling import EpochShuffleSampler
+from de3.data.sampling import EpochShuffleSampler, LengthGroupedSampler, LengthSortedSampler
 from de3.data.sources import Example
 from de3.data.splits import load_splits
 from de3.data.tasks import TaskSpec
@@ -37,6 +37,8 @@ class TextTaskDataModule(L.LightningDataModule):
 
     Batches hold `input_ids`, `attention_mask` (and `token_type_ids` where the tokenizer
     makes them), padded to the longest sequence in the batch, plus `labels` when labelled.
+    Training batches are grouped by length when `group_by_length` (see `de3.data.sampling`);
+    evaluation batches are sorted by length (`collect_exit_cache` restores input order).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class TextTaskDataModule(L.LightningDataModule):
         eval_limit: int | None = None,
         num_workers: int = 0,
         seed: int = 42,
+        group_by_length: bool = True,
     ) -> None:
         super().__init__()
         self.task = task
@@ -68,6 +71,7 @@ class TextTaskDataModule(L.LightningDataModule):
         self.eval_limit = eval_limit
         self.num_workers = num_workers
         self.seed = seed
+        self.group_by_length = group_by_length
         self.collate = DataCollatorWithPadding(tokenizer)
         self.datasets: dict[str, list[dict[str, Any]]] = {}
         self.origins: dict[str, list[str]] = {}  # each split's examples' `where`, as served
@@ -97,6 +101,8 @@ class TextTaskDataModule(L.LightningDataModule):
             examples = seeded_subset(examples, limits[split], self.seed)
             self.datasets[split] = self.encode(examples)
             self.origins[split] = [example.where for example in examples]
+            for position, feature in enumerate(self.datasets[split]):
+                feature["index"] = position  # batches name their examples (stage 2 reads cached layer outputs by it)
             log.info("%s/%s: %d examples", self.task.name, split, len(self.datasets[split]))
 
     def setup(self, stage: str | None = None) -> None:
@@ -109,10 +115,10 @@ class TextTaskDataModule(L.LightningDataModule):
             limits.update(dict.fromkeys(self.task.test_splits, self.eval_limit))
         self._load(limits)
 
-    def _loader(self, split: str, sampler: Sampler | None = None) -> DataLoader:
+    def _loader(self, split: str, sampler: Sampler | None = None, limit: int | None = None) -> DataLoader:
         train = split == "train"
         return DataLoader(
-            self.datasets[split],
+            self.datasets[split][:limit],
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=sampler,
             collate_fn=self.collate,
@@ -120,8 +126,16 @@ class TextTaskDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    def _lengths(self, split: str) -> list[int]:
+        return [len(feature["input_ids"]) for feature in self.datasets[split]]
+
     def train_dataloader(self) -> DataLoader:
+        if self.group_by_length:
+            return self._loader("train", LengthGroupedSampler(self._lengths("train"), self.batch_size, self.seed))
         return self._loader("train", EpochShuffleSampler(len(self.datasets["train"]), self.seed))
+
+    def _sorted_loader(self, split: str, limit: int | None = None) -> DataLoader:
+        return self._loader(split, LengthSortedSampler(self._lengths(split)[:limit]), limit)
 
     def val_dataloader(self) -> list[DataLoader]:
         """Under DDP each rank scores its own share of every eval split, without the padded
@@ -130,13 +144,14 @@ class TextTaskDataModule(L.LightningDataModule):
         return [
             self._loader(split, UnrepeatedDistributedSampler(self.datasets[split], shuffle=False))
             if distributed
-            else self._loader(split)
+            else self._sorted_loader(split)
             for split in self.task.eval_splits
         ]
 
-    def whole_eval_dataloaders(self) -> list[DataLoader]:
-        """Every eval split whole, in order, whatever the process group: for the sweep on rank 0."""
-        return [self._loader(split) for split in self.task.eval_splits]
+    def whole_eval_dataloaders(self, limit: int | None = None) -> list[DataLoader]:
+        """Every eval split whole (or its first `limit` examples), whatever the process group:
+        for the sweep on rank 0."""
+        return [self._sorted_loader(split, limit) for split in self.task.eval_splits]
 
     def predict_dataloader(self) -> list[DataLoader]:
         return [self._loader(split) for split in self.task.test_splits]

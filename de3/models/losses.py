@@ -49,6 +49,7 @@ class JointLoss(nn.Module):
     """
 
     stage_fractions: tuple[float, ...] = (1.0,)
+    stage1_ckpt: str | None = None  # two-stage schemes: start from this finished stage 1
 
     def __init__(self, weighting: str = "ascending") -> None:
         super().__init__()
@@ -58,6 +59,10 @@ class JointLoss(nn.Module):
     @property
     def num_stages(self) -> int:
         return len(self.stage_fractions)
+
+    def trains_on_cached_layers(self, stage: int) -> bool:
+        """Whether `stage` trains only heads on a frozen backbone's cached layer outputs."""
+        return False
 
     def enter_stage(self, stage: int, model: nn.Module) -> None:
         """Set which parameters of the `MultiExitModel` train in `stage` (0-based): all of them here."""
@@ -76,13 +81,31 @@ class TwoStageLoss(JointLoss):
     only the backbone and the final exit train, on the final exit's task loss, as in ordinary
     fine-tuning. Stage 2: they are frozen; the internal exits (with their bypasses and
     prototype mappings, if any) learn the task, their losses combined by `weighting`.
+
+    `cache_layers`: stage 2 trains on the frozen backbone's layer outputs, computed once (see
+    `de3.models.layer_cache`), instead of running the backbone at every step.
+    `stage1_ckpt`: a checkpoint whose backbone and final exit are a finished stage 1 (any de3
+    checkpoint of a two-stage scheme on the same task and backbone: stage 2 leaves them as stage 1
+    made them). The run starts from them and is all stage 2: DeeBERT and FastBERT, whose stage 1
+    is the same fine-tuning, share one.
     """
 
-    def __init__(self, first_stage: float = 0.5, weighting: str = "uniform") -> None:
+    def __init__(
+        self,
+        first_stage: float = 0.5,
+        weighting: str = "uniform",
+        cache_layers: bool = True,
+        stage1_ckpt: str | None = None,
+    ) -> None:
         super().__init__(weighting)
         if not 0.0 < first_stage < 1.0:
             raise De3Error(f"loss.first_stage is the fraction of the steps in stage 1: in (0, 1), got {first_stage}")
-        self.stage_fractions = (first_stage, 1.0 - first_stage)
+        self.stage1_ckpt = stage1_ckpt
+        self.stage_fractions = (0.0, 1.0) if stage1_ckpt else (first_stage, 1.0 - first_stage)
+        self.cache_layers = cache_layers
+
+    def trains_on_cached_layers(self, stage: int) -> bool:
+        return self.cache_layers and stage == 1
 
     def enter_stage(self, stage: int, model: nn.Module) -> None:
         # Frozen, not just left out of the loss: AdamW's weight decay moves any parameter that has a gradient.
@@ -114,8 +137,15 @@ class DistillLoss(TwoStageLoss):
     temperature T, instead of the labels. Regression: MSE to the final exit's output.
     """
 
-    def __init__(self, first_stage: float = 0.5, weighting: str = "uniform", temperature: float = 1.0) -> None:
-        super().__init__(first_stage, weighting)
+    def __init__(
+        self,
+        first_stage: float = 0.5,
+        weighting: str = "uniform",
+        temperature: float = 1.0,
+        cache_layers: bool = True,
+        stage1_ckpt: str | None = None,
+    ) -> None:
+        super().__init__(first_stage, weighting, cache_layers, stage1_ckpt)
         if temperature <= 0:
             raise De3Error(f"loss.temperature must be positive, got {temperature}")
         self.temperature = temperature

@@ -21,6 +21,7 @@ from de3.data.tasks import task_from_config
 from de3.errors import De3Error
 from de3.metrics import make_metric, predictions
 from de3.models.backbone import EncoderBackbone, load_encoder, load_tokenizer
+from de3.models.layer_cache import cache_pooled_layers
 from de3.models.losses import stage_starts
 from de3.models.multi_exit import MultiExitModel, MultiExitOutput
 
@@ -91,6 +92,7 @@ class MultiExitModule(L.LightningModule):
         self._prototype_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._entered_stage: int | None = None
         self._stage_starts = [0]
+        self._layer_cache: torch.Tensor | None = None  # [N, L, H] while a stage trains on cached layers
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> MultiExitModule:
@@ -118,17 +120,48 @@ class MultiExitModule(L.LightningModule):
         optimizer is configured: the stages split the run's total steps)."""
         return bisect.bisect_right(self._stage_starts, max(step, 0)) - 1
 
+    def on_fit_start(self) -> None:
+        if self.loss_fn.stage1_ckpt and self.trainer.ckpt_path is None:  # a resumed run has its own weights
+            self.load_stage_one(self.loss_fn.stage1_ckpt)
+
+    def load_stage_one(self, path: str | Path) -> None:
+        """Take the backbone and the final exit from the checkpoint of a finished stage 1."""
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise De3Error(f"loss.stage1_ckpt: no checkpoint file at {path}")
+        saved = torch.load(path, map_location=self.device, weights_only=True)
+        for part, key in (("task", "name"), ("backbone", "name"), ("backbone", "path"), ("exits", "pooling")):
+            theirs, ours = saved["hyper_parameters"][part].get(key), self.hparams[part].get(key)
+            if theirs != ours:
+                raise De3Error(f"loss.stage1_ckpt {path} has {part}.{key}={theirs!r}, this run {ours!r}")
+        prefixes = ("model.backbone.", f"model.exits.{self.model.num_layers - 1}.")
+        weights = {name: value for name, value in saved["state_dict"].items() if name.startswith(prefixes)}
+        missing = [name for name in self.state_dict() if name.startswith(prefixes) and name not in weights]
+        if missing:
+            raise De3Error(f"loss.stage1_ckpt {path} lacks {len(missing)} stage-1 weights, e.g. {missing[0]}")
+        self.load_state_dict(weights, strict=False)
+        log.info("stage 1 from %s: training stage 2 only", path)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         stage = self.stage_at(self.global_step)
         if stage != self._entered_stage:
             self.loss_fn.enter_stage(stage, self.model)
             self._entered_stage = stage
+            self._layer_cache = None
+            if self.loss_fn.trains_on_cached_layers(stage):
+                loader = self.trainer.train_dataloader
+                self._layer_cache = cache_pooled_layers(
+                    self.model, loader.dataset, loader.collate_fn, loader.batch_size
+                )
             if self.loss_fn.num_stages > 1:
                 log.info("training stage %d of %d from step %d", stage + 1, self.loss_fn.num_stages, self.global_step)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         labels = batch["labels"]
-        output = self(batch)
+        if self._layer_cache is None:
+            output = self(batch)
+        else:
+            output = self.model.from_pooled(self._layer_cache[batch["index"]].transpose(0, 1))
         prototypes = self.model.prototypes
         if prototypes is not None:
             # A class seen for the first time gets its prototype before DAR measures distances to it.

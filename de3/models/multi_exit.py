@@ -72,15 +72,20 @@ class MultiExitModel(nn.Module):
     def num_layers(self) -> int:
         return self.backbone.num_layers
 
+    def read(self, index: int, pooled: torch.Tensor) -> torch.Tensor:
+        """What exit `index` (0-based) reads from its layer's pooled vector [B, H]: the vector
+        itself, or its block's bypass of it for an internal exit when there are bypasses."""
+        if self.bypass is not None and index < self.num_layers - 1:
+            return self.bypass(index, pooled)
+        return pooled
+
     def exit_logits(
         self, index: int, hidden: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exit `index` (0-based) on layer output [B, T, H] → (logits [B, C], the vector the exit
-        read [B, H]: the pooled layer output, through its block's bypass when there is one)."""
-        pooled = pool(hidden, attention_mask, self.pooling)
-        if self.bypass is not None and index < self.num_layers - 1:
-            pooled = self.bypass(index, pooled)
-        return self.exits[index](pooled), pooled
+        read [B, H])."""
+        read = self.read(index, pool(hidden, attention_mask, self.pooling))
+        return self.exits[index](read), read
 
     def final_logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
@@ -89,16 +94,27 @@ class MultiExitModel(nn.Module):
         hidden = self.backbone(input_ids, attention_mask, token_type_ids)[-1]
         return self.exit_logits(self.num_layers - 1, hidden, attention_mask)[0]
 
+    def pooled_layers(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Every layer's pooled output [L, B, H]: all the exits read (see `from_pooled`)."""
+        states = self.backbone(input_ids, attention_mask, token_type_ids)
+        return torch.stack([pool(hidden, attention_mask, self.pooling) for hidden in states])
+
+    def from_pooled(self, pooled_layers: torch.Tensor) -> MultiExitOutput:
+        """Every exit (and the prototypes) on the layers' pooled outputs [L, B, H]."""
+        read = [self.read(m, pooled) for m, pooled in enumerate(pooled_layers)]
+        logits = [exit_head(vector) for exit_head, vector in zip(self.exits, read)]
+        output = MultiExitOutput(logits=torch.stack(logits), pooled=torch.stack(read))
+        if self.prototypes is not None:
+            output.mapped = self.prototypes.map(output.pooled[:-1])
+            output.distances = self.prototypes.distances(output.mapped)
+        return output
+
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
     ) -> MultiExitOutput:
-        states = self.backbone(input_ids, attention_mask, token_type_ids)
-        logits, pooled = zip(*(self.exit_logits(m, h, attention_mask) for m, h in enumerate(states)))
-        output = MultiExitOutput(logits=torch.stack(logits), pooled=torch.stack(pooled))
-        if self.prototypes is not None:
-            output.mapped = self.prototypes.map(output.pooled[:-1])
-            output.distances = self.prototypes.distances(output.mapped)
-        return output
+        return self.from_pooled(self.pooled_layers(input_ids, attention_mask, token_type_ids))
