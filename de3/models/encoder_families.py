@@ -64,7 +64,8 @@ class EncoderFamily:
 
     def padding_mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
         """The model's own mask (None when nothing is padded, under SDPA)."""
-        return create_bidirectional_mask(config=self.encoder.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        config = self.encoder.config
+        return create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask)
 
     def layer_inputs(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> LayerInputs:
         return LayerInputs({"mask": self.padding_mask(hidden, attention_mask)})
