@@ -73,7 +73,8 @@ def test_real_exit_matches_simulation(family, glue_dir):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_de3_run_writes_its_sweep_and_its_checkpoint_predicts(family, tiny_config, tmp_path):
-    train(tiny_config("task=rte", "loss=de3", f"backbone=tiny_{family}", "trainer.max_steps=3"))
+    fast = ["trainer.max_steps=3", "data.train_limit=24", "data.eval_limit=16", "callbacks.prototype_projection=null"]
+    train(tiny_config("task=rte", "loss=de3", f"backbone=tiny_{family}", *fast))
     sweep = (tmp_path / "sweep.csv").read_text().splitlines()
     assert any(",edr," in row for row in sweep[1:])
     checkpoint = json.loads((tmp_path / "results.json").read_text())["checkpoint"]
