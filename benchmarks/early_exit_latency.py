@@ -12,7 +12,7 @@ sentences (their real lengths under MiniLM's WordPiece tokenizer, max 128):
   speed-up beside it weighs each sample's layers by its length (the ratio counts layers only).
 Also full depth against `AutoModelForSequenceClassification` with the same encoder weights.
 Exit heads are untrained: the cost of a layer does not depend on its weights. Times are the
-median of `--repeats` passes over all inputs, one process, 2 threads, the variants taking
+median of `--repeats` passes over all inputs, one process, `--threads` threads, the variants taking
 turns within each repeat.
 """
 
@@ -133,8 +133,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=["minilm", *RANDOM_MODELS], choices=["minilm", *RANDOM_MODELS])
     parser.add_argument("--append", action="store_true", help="a section to append to the existing file")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer("minilm", path=args.model_dir)
     lines = [
         "| model | batch | exit rule | speed-up ratio | FLOPs speed-up | ms per batch | measured speed-up "
@@ -147,12 +148,14 @@ def main() -> None:
             bench_model("all-MiniLM-L6-v2 (6 layers)", encoder, tokenizer, args, lines)
         else:
             bench_model(*random_encoder(key, tokenizer), tokenizer, args, lines)
-    command = f"--models {' '.join(args.models)} --samples {args.samples} --repeats {args.repeats}"
+    command = (
+        f"--models {' '.join(args.models)} --samples {args.samples} --repeats {args.repeats} --threads {args.threads}"
+    )
     print(
         f"\n## {', '.join(args.models)}\n" if args.append else "# Real early-exit latency against the speed-up ratio\n"
     )
     print(f"- Command: `python -m benchmarks.early_exit_latency {command}{' --append' if args.append else ''}`")
-    print(f"- Machine: {machine()}")
+    print(f"- Machine: {machine()}, {args.threads} thread(s); shared with parallel work, timings are noisy")
     print(f"- Date: {datetime.date.today().isoformat()}")
     print(
         f"- Inputs: the first {args.samples} sentences of SST-2 dev (seeded subset), dynamic padding per batch; "
