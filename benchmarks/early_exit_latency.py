@@ -2,8 +2,9 @@
 
 python -m benchmarks.early_exit_latency > benchmarks/early_exit_latency.md
 
-For each model (all-MiniLM-L6-v2, and a random-weight 12-layer bert-base-sized encoder to see
-the scale) and batch size (1 and 32), on SST-2 dev sentences (their real lengths, max 128):
+For each model (all-MiniLM-L6-v2, and random-weight 12-layer base-sized BERT, ALBERT and
+DeBERTa-v3 encoders: `RANDOM_MODELS`, `--models` picks) and batch size (1 and 32), on SST-2 dev
+sentences (their real lengths under MiniLM's WordPiece tokenizer, max 128):
 - full depth: every layer and the final classifier (`MultiExitModel.final_logits`);
 - early exit with the entropy rule at thresholds whose speed-up ratio (L·N / Σ exit layers)
   is ≈ 1.5×, 2×, 3× on these inputs (chosen from a cached pass, as the sweep does);
@@ -11,7 +12,7 @@ the scale) and batch size (1 and 32), on SST-2 dev sentences (their real lengths
   speed-up beside it weighs each sample's layers by its length (the ratio counts layers only).
 Also full depth against `AutoModelForSequenceClassification` with the same encoder weights.
 Exit heads are untrained: the cost of a layer does not depend on its weights. Times are the
-median of `--repeats` passes over all inputs, one process, 2 threads, the variants taking
+median of `--repeats` passes over all inputs, one process, `--threads` threads, the variants taking
 turns within each repeat.
 """
 
@@ -23,6 +24,7 @@ import statistics
 import time
 
 import torch
+from omegaconf import OmegaConf
 from transformers import AutoModelForSequenceClassification
 
 from benchmarks.per_exit_table import machine
@@ -37,6 +39,14 @@ from de3.predictor import EarlyExitPredictor
 from de3.sweep import threshold_grid
 
 TARGETS = (1.5, 2.0, 3.0)
+BASE_SIZE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+# Random-weight base-sized encoders: (row label, the tiny test config whose family and settings
+# they keep, sizes besides BASE_SIZE).
+RANDOM_MODELS = {
+    "bert": ("bert-base-sized, random (12 layers)", "tiny_bert", {}),
+    "albert": ("albert-base-sized, random (12 layers, 1 shared)", "tiny_albert", {"embedding_size": 128}),
+    "deberta": ("deberta-v3-base-sized, random (12 layers)", "tiny_deberta", {}),
+}
 
 
 def timed_round_robin(fns: dict[str, object], batches, repeats: int) -> dict[str, float]:
@@ -74,7 +84,8 @@ def bench_model(name, encoder, tokenizer, args, lines):
     task = GLUE_TASKS["sst2"]
     model = MultiExitModel(EncoderBackbone(encoder), task.num_outputs, pooling="cls").eval()
     reference = AutoModelForSequenceClassification.from_config(encoder.config).eval()
-    reference.bert.load_state_dict(encoder.state_dict(), strict=False)
+    missing, unexpected = reference.base_model.load_state_dict(encoder.state_dict(), strict=False)
+    assert not unexpected and all("pooler" in key for key in missing), (missing, unexpected)
     datamodule = TextTaskDataModule(task, tokenizer, data_dir=args.glue_dir, source="local", eval_limit=args.samples)
     datamodule.setup("validate")
     for batch_size in (1, 32):
@@ -103,29 +114,48 @@ def bench_model(name, encoder, tokenizer, args, lines):
         )
 
 
+def random_encoder(key: str, tokenizer):
+    """A random-weight base-sized encoder of `RANDOM_MODELS[key]` → (row label, encoder)."""
+    label, tiny_config, sizes = RANDOM_MODELS[key]
+    config = OmegaConf.to_container(OmegaConf.load(f"conf/backbone/{tiny_config}.yaml"))
+    overrides = {**config["config_overrides"], **BASE_SIZE, **sizes}
+    encoder = load_encoder(
+        key, model_type=config["model_type"], random_init=True, config_overrides=overrides, tokenizer=tokenizer
+    )
+    return label, encoder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model-dir", default="../shared/models/all-MiniLM-L6-v2")
     parser.add_argument("--glue-dir", default="../shared/data/glue")
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=["minilm", *RANDOM_MODELS], choices=["minilm", *RANDOM_MODELS])
+    parser.add_argument("--append", action="store_true", help="a section to append to the existing file")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer("minilm", path=args.model_dir)
     lines = [
         "| model | batch | exit rule | speed-up ratio | FLOPs speed-up | ms per batch | measured speed-up "
         "| measured / ratio |",
         "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
-    bench_model("all-MiniLM-L6-v2 (6 layers)", load_encoder("minilm", path=args.model_dir), tokenizer, args, lines)
-    bert_base = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
-    encoder = load_encoder(
-        "bert-base", model_type="bert", random_init=True, config_overrides=bert_base, tokenizer=tokenizer
+    for key in args.models:
+        if key == "minilm":
+            encoder = load_encoder("minilm", path=args.model_dir)
+            bench_model("all-MiniLM-L6-v2 (6 layers)", encoder, tokenizer, args, lines)
+        else:
+            bench_model(*random_encoder(key, tokenizer), tokenizer, args, lines)
+    command = (
+        f"--models {' '.join(args.models)} --samples {args.samples} --repeats {args.repeats} --threads {args.threads}"
     )
-    bench_model("bert-base-sized, random (12 layers)", encoder, tokenizer, args, lines)
-    print("# Real early-exit latency against the speed-up ratio\n")
-    print(f"- Command: `python -m benchmarks.early_exit_latency --samples {args.samples} --repeats {args.repeats}`")
-    print(f"- Machine: {machine()}")
+    print(
+        f"\n## {', '.join(args.models)}\n" if args.append else "# Real early-exit latency against the speed-up ratio\n"
+    )
+    print(f"- Command: `python -m benchmarks.early_exit_latency {command}{' --append' if args.append else ''}`")
+    print(f"- Machine: {machine()}, {args.threads} thread(s); shared with parallel work, timings are noisy")
     print(f"- Date: {datetime.date.today().isoformat()}")
     print(
         f"- Inputs: the first {args.samples} sentences of SST-2 dev (seeded subset), dynamic padding per batch; "

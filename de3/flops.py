@@ -24,10 +24,9 @@ class FlopsModel:
     @classmethod
     def of(cls, model: Any) -> FlopsModel:
         """The costs of a `MultiExitModel`."""
-        config = model.backbone.config
         return cls(
-            hidden_size=config.hidden_size,
-            intermediate_size=config.intermediate_size,
+            hidden_size=model.backbone.hidden_size,
+            intermediate_size=model.backbone.intermediate_size,
             num_layers=model.num_layers,
             exit_head=model.exits[0].flops(),
             prototype=0 if model.prototypes is None else model.prototypes.flops_per_layer(),

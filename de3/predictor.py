@@ -121,16 +121,16 @@ class EarlyExitPredictor:
     ) -> ExitPrediction:
         backbone, prototypes = self.model.backbone, self.model.prototypes
         num_layers, batch = self.model.num_layers, input_ids.shape[0]
-        hidden = backbone.embed(input_ids, token_type_ids)
-        layer_mask = backbone.attention_mask_for(hidden, attention_mask)
+        hidden = backbone.embed(input_ids, attention_mask, token_type_ids)
+        layer_inputs = backbone.layer_inputs(hidden, attention_mask)
         active = torch.arange(batch)  # original positions of the samples still running
         history: list[torch.Tensor] = []  # per layer run: logits [n_active, C]
         distances: list[torch.Tensor] = []
         exit_layer = torch.full((batch,), num_layers, dtype=torch.long)
         answer_logits: torch.Tensor | None = None
         for m in range(num_layers):
-            hidden = backbone.layer(m, hidden, layer_mask)
-            logits, pooled = self.model.exit_logits(m, hidden, attention_mask)
+            hidden = backbone.layer(m, hidden, layer_inputs)
+            logits, pooled = self.model.exit_logits(m, backbone.exit_view(hidden), attention_mask)
             if answer_logits is None:
                 answer_logits = logits.new_zeros(batch, logits.shape[-1])
             if m == num_layers - 1:
@@ -148,7 +148,7 @@ class EarlyExitPredictor:
                 answer_logits[active[leaving]] = logits[leaving]
                 staying = ~leaving
                 active, hidden, attention_mask = active[staying], hidden[staying], attention_mask[staying]
-                layer_mask = None if layer_mask is None else layer_mask[staying]
+                layer_inputs = layer_inputs.select(staying)
                 history = [h[staying] for h in history]
                 distances = [d[staying] for d in distances]
                 if len(active) == 0:

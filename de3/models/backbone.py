@@ -1,4 +1,4 @@
-"""Backbone adapter: any BERT-family Hugging Face encoder, run one layer at a time.
+"""Backbone: a Hugging Face encoder of any supported family, run one layer at a time.
 
 Loading accepts a local directory, a hub id (where the hub is reachable), or no path at all
 with a `model_type` for random-weight test models; failures name what was looked for.
@@ -19,10 +19,10 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-from transformers.masking_utils import create_bidirectional_mask
 
 from de3.errors import De3Error
 from de3.models.char_tokenizer import CHAR_TOKENIZERS
+from de3.models.encoder_families import LayerInputs, family_for
 
 
 def _looks_like_path(path: str) -> bool:
@@ -93,45 +93,53 @@ def load_encoder(
 
 
 class EncoderBackbone(nn.Module):
-    """Layer-by-layer access to a BERT-family encoder (BERT, RoBERTa, MiniLM, ELECTRA, ...).
+    """Layer-by-layer access to a Hugging Face encoder of any supported family (the seam
+    between de3 and the families' adapters in de3/models/encoder_families.py).
 
-    `embed` → hidden states of the embedding layer; `attention_mask_for` → the mask in the
-    form the encoder's attention implementation expects; `layer(m, ...)` runs layer m (0-based).
-    Running them in turn computes exactly what the Hugging Face model's forward computes.
+    `embed` → hidden states of the embedding layer; `layer_inputs` → what every layer takes
+    besides them (masks, position terms); `layer(m, ...)` runs layer m (0-based); `exit_view`
+    → what the model's head, and so every exit, reads from a layer's output. Running them in
+    turn computes exactly what the Hugging Face model's forward computes.
+    `pretrained_pooler` is the dense layer of the family's pretrained pooler (tanh follows
+    it), or None: kept outside the module tree, neither trained nor saved.
     """
 
     def __init__(self, encoder: PreTrainedModel) -> None:
         super().__init__()
-        layers = getattr(getattr(encoder, "encoder", None), "layer", None)
-        if not hasattr(encoder, "embeddings") or not isinstance(layers, nn.ModuleList):
-            raise De3Error(
-                f"{type(encoder).__name__} is not a BERT-family encoder (it needs .embeddings and "
-                ".encoder.layer); de3 supports BERT, RoBERTa and models of the same layout"
-            )
-        if getattr(encoder, "pooler", None) is not None:
-            encoder.pooler = None  # exits have their own poolers; an unused one would break DDP
+        self.family = family_for(encoder)
+        self.__dict__["pretrained_pooler"] = self.family.take_pooler()  # bypasses submodule registration
         self.encoder = encoder
         self.config = encoder.config
 
     @property
     def num_layers(self) -> int:
-        return len(self.encoder.encoder.layer)
+        return self.config.num_hidden_layers
 
     @property
     def hidden_size(self) -> int:
         return self.config.hidden_size
 
-    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, T] token ids → [B, T, H] embedding-layer output."""
-        return self.encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+    @property
+    def intermediate_size(self) -> int:
+        return self.family.intermediate_size()
 
-    def attention_mask_for(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
-        """[B, T] 0/1 padding mask → what the layers take (None when nothing is padded, under SDPA)."""
-        return create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask)
+    def embed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[B, T] token ids → [B, T, H] embedding-layer output (projected to the hidden size)."""
+        return self.family.embed(input_ids, attention_mask, token_type_ids)
 
-    def layer(self, index: int, hidden: torch.Tensor, layer_mask: torch.Tensor | None) -> torch.Tensor:
+    def layer_inputs(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> LayerInputs:
+        """Embedding output and [B, T] 0/1 padding mask → what the layers take besides the hidden states."""
+        return self.family.layer_inputs(hidden, attention_mask)
+
+    def layer(self, index: int, hidden: torch.Tensor, inputs: LayerInputs) -> torch.Tensor:
         """Run layer `index` (0-based): [B, T, H] → [B, T, H]."""
-        return self.encoder.encoder.layer[index](hidden, layer_mask)
+        return self.family.layer(index, hidden, inputs)
+
+    def exit_view(self, hidden: torch.Tensor) -> torch.Tensor:
+        """A layer's output → what the exits read (after the family's final norm, if it has one)."""
+        return self.family.exit_view(hidden)
 
     def forward(
         self,
@@ -139,11 +147,11 @@ class EncoderBackbone(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
-        """Every layer's hidden states: a list of L tensors [B, T, H] (the embeddings excluded)."""
-        hidden = self.embed(input_ids, token_type_ids)
-        layer_mask = self.attention_mask_for(hidden, attention_mask)
+        """What every layer's exit reads: a list of L tensors [B, T, H] (the embeddings excluded)."""
+        hidden = self.embed(input_ids, attention_mask, token_type_ids)
+        inputs = self.layer_inputs(hidden, attention_mask)
         states = []
         for index in range(self.num_layers):
-            hidden = self.layer(index, hidden, layer_mask)
-            states.append(hidden)
+            hidden = self.layer(index, hidden, inputs)
+            states.append(self.exit_view(hidden))
         return states

@@ -2,11 +2,13 @@
 
 They keep the special-token layout of the real tokenizers (BERT: [CLS] a [SEP] b [SEP] with
 token types; RoBERTa: <s> a </s></s> b </s>), so tiny models exercise the same code paths.
+`CHAR_TOKENIZERS` gives each supported `model_type` the layout of its real tokenizer.
 """
 
 from __future__ import annotations
 
 import string
+from functools import partial
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers.pre_tokenizers import ByteLevel
@@ -15,8 +17,9 @@ from transformers import PreTrainedTokenizerFast
 _CHARACTERS = string.ascii_lowercase + string.digits + string.punctuation
 
 
-def bert_char_tokenizer() -> PreTrainedTokenizerFast:
-    """An uncased WordPiece tokenizer whose vocabulary is single characters."""
+def bert_char_tokenizer(token_types: bool = True) -> PreTrainedTokenizerFast:
+    """An uncased WordPiece tokenizer whose vocabulary is single characters; `token_types`:
+    whether it returns token_type_ids (DistilBERT's and ModernBERT's do not)."""
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab = {token: i for i, token in enumerate(specials + list(_CHARACTERS) + [f"##{c}" for c in _CHARACTERS])}
     tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=1000))
@@ -35,7 +38,9 @@ def bert_char_tokenizer() -> PreTrainedTokenizerFast:
         cls_token="[CLS]",
         sep_token="[SEP]",
         mask_token="[MASK]",
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"]
+        if token_types
+        else ["input_ids", "attention_mask"],
     )
 
 
@@ -60,4 +65,14 @@ def roberta_char_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-CHAR_TOKENIZERS = {"bert": bert_char_tokenizer, "roberta": roberta_char_tokenizer}
+CHAR_TOKENIZERS = {
+    "bert": bert_char_tokenizer,
+    "albert": bert_char_tokenizer,
+    "electra": bert_char_tokenizer,
+    "deberta-v2": bert_char_tokenizer,
+    "distilbert": partial(bert_char_tokenizer, token_types=False),
+    "modernbert": partial(bert_char_tokenizer, token_types=False),
+    "roberta": roberta_char_tokenizer,
+    "xlm-roberta": roberta_char_tokenizer,
+    "mpnet": roberta_char_tokenizer,
+}

@@ -1,0 +1,95 @@
+"""Every supported encoder family, through its tiny random config (`backbone=tiny_<family>`):
+exact parity with Hugging Face's forward, real early exit equal to the simulated sweep, a
+`loss=de3` run that writes its sweep, a checkpoint that reloads and predicts; and the public
+configs' clear error where their weights cannot be had."""
+
+import copy
+import json
+
+import pytest
+import torch
+from huggingface_hub import constants
+from omegaconf import OmegaConf
+
+from de3.data.datamodule import TextTaskDataModule
+from de3.errors import De3Error
+from de3.jobs import train
+from de3.models.backbone import EncoderBackbone, load_encoder, load_tokenizer
+from de3.predictor import EarlyExitPredictor
+from tests.conftest import REPO
+from tests.test_predictor import assert_real_equals_simulated, make_module
+
+FAMILIES = ["albert", "distilbert", "deberta", "electra", "xlmr", "mpnet", "modernbert"]
+
+
+def backbone_config(name: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "backbone" / f"{name}.yaml"))
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", *FAMILIES])
+def test_last_layer_equals_hf_forward_with_padding(family):
+    torch.manual_seed(0)
+    config = backbone_config(f"tiny_{family}")
+    tokenizer = load_tokenizer(**config)
+    encoder = load_encoder(**config, tokenizer=tokenizer).eval()
+    reference = copy.deepcopy(encoder)
+    texts = ["a short one", "a much longer sentence with padding behind it"], ["pair", "b"]
+    batch = tokenizer(*texts, padding=True, return_tensors="pt")
+    assert not batch["attention_mask"].all()
+    with torch.no_grad():
+        expected = reference(**batch).last_hidden_state
+        states = EncoderBackbone(encoder)(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+    assert len(states) == 2
+    torch.testing.assert_close(states[-1], expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family, has_pooler", [("bert", True), ("albert", True), ("mpnet", True), ("deberta", False)])
+def test_pretrained_pooler_is_exposed_but_not_part_of_the_model(family, has_pooler):
+    config = backbone_config(f"tiny_{family}")
+    encoder = load_encoder(**config, tokenizer=load_tokenizer(**config))
+    pooler = getattr(encoder, "pooler", None)
+    backbone = EncoderBackbone(encoder)
+    assert encoder.pooler is None if has_pooler else backbone.pretrained_pooler is None
+    if has_pooler:
+        assert isinstance(backbone.pretrained_pooler, torch.nn.Linear)
+        assert backbone.pretrained_pooler in (pooler, getattr(pooler, "dense", None))
+    assert not any("pooler" in name for name in backbone.state_dict())
+
+
+def test_unknown_family_lists_the_supported_ones():
+    with pytest.raises(De3Error, match="not a supported encoder family; de3 supports model_type albert, bert, deberta"):
+        EncoderBackbone(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_real_exit_matches_simulation(family, glue_dir):
+    """One rule on the logits, one on prototype distances (every rule: tests/test_predictor.py)."""
+    module = make_module("rte", backbone_config(f"tiny_{family}"))
+    dm = TextTaskDataModule(module.task, module.tokenizer, data_dir=glue_dir, source="local", eval_batch_size=4)
+    dm.setup("validate")
+    checked = assert_real_equals_simulated(module, dm.val_dataloader()[0], (0.3, 0.6), rules=("entropy", "edr"))
+    assert checked == 4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_de3_run_writes_its_sweep_and_its_checkpoint_predicts(family, tiny_config, tmp_path):
+    fast = ["trainer.max_steps=3", "data.train_limit=24", "data.eval_limit=16", "callbacks.prototype_projection=null"]
+    train(tiny_config("task=rte", "loss=de3", f"backbone=tiny_{family}", *fast))
+    sweep = (tmp_path / "sweep.csv").read_text().splitlines()
+    assert any(",edr," in row for row in sweep[1:])
+    checkpoint = json.loads((tmp_path / "results.json").read_text())["checkpoint"]
+    predictor = EarlyExitPredictor.from_checkpoint(checkpoint, "edr", threshold=0.5)
+    state = torch.load(checkpoint, weights_only=True)["state_dict"]
+    for name, tensor in predictor.model.state_dict().items():
+        torch.testing.assert_close(tensor, state[f"model.{name}"], rtol=0, atol=0)
+    out = predictor.predict([("A man sleeps.", "Someone rests."), ("It rains.", "The street is wet.")])
+    assert out.prediction.tolist() in ([0, 0], [0, 1], [1, 0], [1, 1])
+    assert ((out.exit_layer >= 1) & (out.exit_layer <= 2)).all()
+
+
+@pytest.mark.skipif(not constants.HF_HUB_OFFLINE, reason="needs HF_HUB_OFFLINE=1 (the hub is unreachable here)")
+@pytest.mark.parametrize("name", ["bert", "roberta", *FAMILIES])
+def test_public_config_without_local_weights_is_a_clear_error(name):
+    config = backbone_config(name)
+    with pytest.raises(De3Error, match=f"{config['path']}' is not a local directory and could not be fetched"):
+        load_encoder(**config)
