@@ -58,7 +58,7 @@ def main() -> None:
             + " | ".join(f"DGE @ {t}×" for t in TARGETS) + " | train + eval wall time |",
             "|---|" + "---:|" * (6 + len(TARGETS) + 1)]
     for label, detach in VARIANTS.items():
-        folder = args.out / f"detach_backbone={detach}"
+        folder = args.out / f"detach_backbone-{detach}"
         seconds = run_variant(detach, folder)
         accuracy = json.loads((folder / "results.json").read_text())["scores"]["validation"]["accuracy"]
         points = [
