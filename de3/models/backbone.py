@@ -86,10 +86,21 @@ def load_encoder(
     else:
         config = _from_pretrained(AutoConfig, name, path, **overrides)
     if random_init:
-        return AutoModel.from_config(config)
+        return _without_pooler(AutoModel.from_config(config))
     if path is None:
         raise De3Error(f"backbone {name!r}: pretrained weights need backbone.path (or set backbone.random_init=true)")
-    return _from_pretrained(AutoModel, name, path, config=config)
+    encoder, loading = _from_pretrained(AutoModel, name, path, config=config, output_loading_info=True)
+    if any(key.startswith("pooler.") for key in loading["missing_keys"]):
+        return _without_pooler(encoder)
+    return encoder
+
+
+def _without_pooler(encoder: PreTrainedModel) -> PreTrainedModel:
+    """Drop a pooler whose weights are random (not in the loaded weights): an encoder that
+    `load_encoder` returns has a pooler only where that pooler was trained."""
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    return encoder
 
 
 class EncoderBackbone(nn.Module):
@@ -98,6 +109,8 @@ class EncoderBackbone(nn.Module):
     `embed` → hidden states of the embedding layer; `attention_mask_for` → the mask in the
     form the encoder's attention implementation expects; `layer(m, ...)` runs layer m (0-based).
     Running them in turn computes exactly what the Hugging Face model's forward computes.
+    `pretrained_pooler` is the state dict of the encoder's trained pooler dense layer (None
+    when it has none), kept for exits to start from; the pooler module itself is dropped.
     """
 
     def __init__(self, encoder: PreTrainedModel) -> None:
@@ -108,6 +121,12 @@ class EncoderBackbone(nn.Module):
                 f"{type(encoder).__name__} is not a BERT-family encoder (it needs .embeddings and "
                 ".encoder.layer); de3 supports BERT, RoBERTa and models of the same layout"
             )
+        dense = getattr(getattr(encoder, "pooler", None), "dense", None)
+        self.pretrained_pooler: dict[str, torch.Tensor] | None = (
+            {key: value.detach().clone() for key, value in dense.state_dict().items()}
+            if isinstance(dense, nn.Linear)
+            else None
+        )
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None  # exits have their own poolers; an unused one would break DDP
         self.encoder = encoder
