@@ -22,6 +22,7 @@ from transformers import (
 from transformers.masking_utils import create_bidirectional_mask
 
 from de3.errors import De3Error
+from de3.hub import hub_unreachable
 from de3.models.char_tokenizer import CHAR_TOKENIZERS
 
 
@@ -39,6 +40,7 @@ def _from_pretrained(loader: Any, name: str, path: str, **kwargs: Any) -> Any:
             raise De3Error(f"backbone {name!r}: cannot load from local directory {expanded}: {err}") from None
     if _looks_like_path(path):
         raise De3Error(f"backbone {name!r}: no local directory at {expanded} (set backbone.path)")
+    hub_unreachable()  # if so, Hugging Face's offline mode: the cache or an error at once, no retries
     try:
         return loader.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
