@@ -165,7 +165,11 @@ class MultiExitModule(L.LightningModule):
             self._prototype_batch = None
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        predicted = predictions(self(batch).logits, self.task.is_regression)  # [L, B]
+        # float32 whatever the trainer's precision: per-exit scores and the checkpoint choice then
+        # agree with the sweep and the predictor, which run in float32 too
+        with torch.autocast(self.device.type, enabled=False):
+            logits = self(batch).logits
+        predicted = predictions(logits, self.task.is_regression)  # [L, B]
         for exit_metrics, exit_predictions in zip(self.metrics[dataloader_idx], predicted):
             exit_metrics.update(exit_predictions, batch["labels"])
 
