@@ -53,12 +53,21 @@ def run_variant(detach: str, folder: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "logs" / "badge_bypass")
+    parser.add_argument("--report-only", action="store_true", help="report finished runs, start none")
     args = parser.parse_args()
-    rows = ["| internal-exit gradients | " + " | ".join(f"exit {m}" for m in range(1, 7)) + " | "
-            + " | ".join(f"DGE @ {t}×" for t in TARGETS) + " | train + eval wall time |",
-            "|---|" + "---:|" * (6 + len(TARGETS) + 1)]
+    rows = [
+        "| internal-exit gradients | "
+        + " | ".join(f"exit {m}" for m in range(1, 7))
+        + " | "
+        + " | ".join(f"DGE @ {t}×" for t in TARGETS)
+        + " | train + eval wall time |",
+        "|---|" + "---:|" * (6 + len(TARGETS) + 1),
+    ]
     for label, detach in VARIANTS.items():
         folder = args.out / f"detach_backbone-{detach}"
+        if args.report_only and not (folder / "results.json").is_file():
+            rows.append(f"| {label} | not finished when this file was written |" + " |" * (6 + len(TARGETS)))
+            continue
         seconds = run_variant(detach, folder)
         accuracy = json.loads((folder / "results.json").read_text())["scores"]["validation"]["accuracy"]
         points = [
@@ -67,21 +76,26 @@ def main() -> None:
             if r["split"] == "validation" and r["rule"] == "dge"
         ]
         targets = summarize(points, "accuracy", TARGETS)["validation"]["rules"]["dge"]["targets"]
-        cells = [
-            "—" if p is None else f"{100 * p['accuracy']:.2f} ({p['speedup']:.2f}×)" for p in targets.values()
-        ]
+        cells = ["—" if p is None else f"{100 * p['accuracy']:.2f} ({p['speedup']:.2f}×)" for p in targets.values()]
         rows.append(
-            f"| {label} | " + " | ".join(f"{100 * a:.2f}" for a in accuracy) + " | " + " | ".join(cells)
+            f"| {label} | "
+            + " | ".join(f"{100 * a:.2f}" for a in accuracy)
+            + " | "
+            + " | ".join(cells)
             + f" | {seconds:.0f} s |"
         )
     settings = " ".join(SETTINGS)
     print("# BADGE bypasses: internal-exit gradients into the backbone or stopped at the block boundary\n")
-    print(f"- Command: `python -m benchmarks.badge_bypass > benchmarks/badge_bypass.md`, which runs "
-          f"`python run.py {settings} model.bypass.detach_backbone=false|true`")
+    print(
+        f"- Command: `python -m benchmarks.badge_bypass > benchmarks/badge_bypass.md`, which runs "
+        f"`python run.py {settings} model.bypass.detach_backbone=false|true`"
+    )
     print(f"- Machine: {machine()}, shared with parallel work (wall times are indicative only)")
     print(f"- Date: {datetime.date.today().isoformat()}")
-    print("- Scores: SST-2 dev accuracy ×100 (872 sentences), one seed, one short epoch on 2,000 training "
-          "sentences: a reading of the direction, not of the size, of the effect.\n")
+    print(
+        "- Scores: SST-2 dev accuracy ×100 (872 sentences), one seed, one short epoch on 2,000 training "
+        "sentences: a reading of the direction, not of the size, of the effect.\n"
+    )
     print("\n".join(rows))
 
 

@@ -9,9 +9,7 @@ from de3.models.exits import pool
 from de3.models.multi_exit import MultiExitModel
 from tests.conftest import tiny_bert_encoder
 
-TINY = BertConfig(
-    vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
-)
+TINY = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
 
 def saved_bert(directory, with_pooler: bool):
@@ -28,7 +26,10 @@ def test_last_exit_starts_as_the_pretrained_pooler(tmp_path, init_from_pooler):
     model = MultiExitModel(
         EncoderBackbone(load_encoder("tiny", path=str(tmp_path))), 2, init_from_pooler=init_from_pooler
     ).eval()
-    input_ids, mask = torch.tensor([[2, 7, 9, 3, 0], [2, 11, 3, 0, 0]]), torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]])
+    input_ids, mask = (
+        torch.tensor([[2, 7, 9, 3, 0], [2, 11, 3, 0, 0]]),
+        torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]]),
+    )
     with torch.no_grad():
         expected = reference(input_ids=input_ids, attention_mask=mask).pooler_output
         cls = pool(model.backbone(input_ids, mask)[-1], mask, "cls")
