@@ -42,7 +42,8 @@ def collect_exit_cache(
     keep_mapped: bool = False,
     description: str = "caching exit outputs",
 ) -> ExitCache:
-    """Run `model` (in eval mode) over `loader` once and stack every exit's outputs on the CPU,
+    """Run `model` (in eval mode, float32 even inside autocast: the precision of validation
+    scores and of the predictor) over `loader` once and stack every exit's outputs on the CPU,
     in the order of the loader's dataset (also when its batches are sorted by length)."""
     was_training = model.training
     model.eval()
@@ -51,7 +52,8 @@ def collect_exit_cache(
     try:
         for batch in tqdm(loader, desc=description, leave=False):
             batch = {k: v.to(device) for k, v in batch.items()}
-            output = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+            with torch.autocast(device.type, enabled=False):
+                output = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
             parts["logits"].append(output.logits.float().cpu())
             parts["lengths"].append(batch["attention_mask"].sum(1).cpu())
             if "labels" in batch:

@@ -22,6 +22,7 @@ from de3.data.splits import load_splits, write_split_rows
 from de3.data.tasks import TaskSpec, task_from_config
 from de3.errors import De3Error
 from de3.flops import layer_speedup
+from de3.hub import missing_hub_inputs
 from de3.models.exit_rules import get_rule
 from de3.models.module import MultiExitModule
 from de3.predictor import EarlyExitPredictor, resolve_threshold
@@ -225,9 +226,21 @@ def predict(cfg: DictConfig) -> float:
 JOBS = {"train": train, "sweep": sweep, "predict": predict}
 
 
+def require_hub_inputs(cfg: DictConfig) -> None:
+    """Fail at once, naming each of them, when the model or data `train` needs are not local
+    and the Hugging Face hub is unreachable (rather than after minutes of download retries)."""
+    task = task_from_config(cfg.task)
+    splits = ("train", *task.eval_splits)
+    missing = missing_hub_inputs(cfg.backbone, task, splits, cfg.data.data_dir, cfg.data.source)
+    if missing:
+        raise De3Error(f"{len(missing)} input(s) missing: " + "; ".join(missing))
+
+
 def run(cfg: DictConfig) -> float:
     """Dispatch on `cfg.mode`."""
     if cfg.mode not in JOBS:
         raise De3Error(f"unknown mode {cfg.mode!r}; choose from {sorted(JOBS)}")
     get_rule(cfg.exit.rule)  # a misspelt rule fails now, not after hours of training
+    if cfg.mode == "train":
+        require_hub_inputs(cfg)
     return JOBS[cfg.mode](cfg)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from huggingface_hub import constants
 from omegaconf import OmegaConf
+from transformers import AutoModel
 
 from de3.data.datamodule import TextTaskDataModule
 from de3.errors import De3Error
@@ -46,7 +47,9 @@ def test_last_layer_equals_hf_forward_with_padding(family):
 @pytest.mark.parametrize("family, has_pooler", [("bert", True), ("albert", True), ("mpnet", True), ("deberta", False)])
 def test_pretrained_pooler_is_exposed_but_not_part_of_the_model(family, has_pooler):
     config = backbone_config(f"tiny_{family}")
-    encoder = load_encoder(**config, tokenizer=load_tokenizer(**config))
+    random_init = load_encoder(**config, tokenizer=load_tokenizer(**config))
+    assert EncoderBackbone(random_init).pretrained_pooler is None  # a random pooler is no pretrained one
+    encoder = AutoModel.from_config(random_init.config)  # as if loaded with its pooler's weights
     pooler = getattr(encoder, "pooler", None)
     backbone = EncoderBackbone(encoder)
     assert encoder.pooler is None if has_pooler else backbone.pretrained_pooler is None
@@ -87,9 +90,10 @@ def test_de3_run_writes_its_sweep_and_its_checkpoint_predicts(family, tiny_confi
     assert ((out.exit_layer >= 1) & (out.exit_layer <= 2)).all()
 
 
-@pytest.mark.skipif(not constants.HF_HUB_OFFLINE, reason="needs HF_HUB_OFFLINE=1 (the hub is unreachable here)")
 @pytest.mark.parametrize("name", ["bert", "roberta", *FAMILIES])
-def test_public_config_without_local_weights_is_a_clear_error(name):
+def test_public_config_without_local_weights_is_a_clear_error(name, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine without network, whatever this one has
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     config = backbone_config(name)
     with pytest.raises(De3Error, match=f"{config['path']}' is not a local directory and could not be fetched"):
         load_encoder(**config)

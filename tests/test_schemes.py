@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from torch.utils.flop_counter import FlopCounterMode
 
 from de3.errors import De3Error
 from de3.flops import FlopsModel
@@ -114,7 +115,14 @@ def test_bypasses_start_as_identity_and_are_counted_in_flops():
     assert len(bypassed.bypass.blocks) == 1  # one internal layer, block size 2
 
     costs, base = FlopsModel.of(bypassed), FlopsModel.of(plain)
-    assert costs.bypass == bypassed.bypass.flops() == 4 * 32 * 4 + 8 * 32
+    one = torch.randn(1, 32)  # one sample's pooled vector
+    with FlopCounterMode(display=False) as counter:
+        bypassed.bypass(0, one)
+    projections = counter.get_total_flops()  # torch counts the matmuls; LayerNorm and the add are not counted
+    assert costs.bypass == bypassed.bypass.flops() and projections <= costs.bypass <= projections + 10 * 32
+    with FlopCounterMode(display=False) as counter:
+        bypassed.exits[0](one)
+    assert costs.exit_head == counter.get_total_flops()
     lengths, layers = torch.tensor([5, 7]), torch.tensor([1, 2])
     extra = costs.early_exit(layers, lengths, False) - base.early_exit(layers, lengths, False)
     assert extra.tolist() == [costs.bypass, costs.bypass]  # exit 1 reads a bypass, the final exit does not
@@ -157,3 +165,19 @@ def test_no_stage_one_checkpoint_is_kept_as_the_best(tiny_config, tmp_path):
     train(cfg)
     best = Path(json.loads((tmp_path / "results.json").read_text())["checkpoint"])
     assert best.name.startswith("epoch01-")  # epoch 1 scored −∞: its internal exits were untrained
+
+
+@pytest.mark.parametrize("detach_backbone", [False, True])
+def test_bypass_option_stops_internal_exit_gradients_at_the_block_boundary(detach_backbone):
+    tokenizer, encoder = tiny_bert_encoder()
+    batch = tokenizer(["one", "two words"], padding=True, return_tensors="pt")
+    bypass = {"enabled": True, "rank": 4, "detach_backbone": detach_backbone}
+    model = MultiExitModel(EncoderBackbone(encoder), 2, bypass=bypass)
+    for block in model.bypass.blocks:  # W_up = 0 would hide the bypass's own gradient path
+        torch.nn.init.normal_(block.up.weight)
+    model(**batch).logits[0].sum().backward()  # the internal exit's loss alone
+    backbone = [p.grad for p in model.backbone.parameters() if p.requires_grad]
+    reached = sum(g.abs().sum().item() for g in backbone if g is not None)
+    assert (reached == 0) == detach_backbone  # default: the residual path reaches the layers
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.bypass.blocks[0].down.parameters())
+    assert model.exits[0].dense.weight.grad.abs().sum() > 0

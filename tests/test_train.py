@@ -113,3 +113,27 @@ def test_unknown_task_lists_the_choices(tmp_path, glue_dir):
     result = run_cli("task=imdb", cwd=tmp_path, glue_dir=glue_dir)
     assert result.returncode != 0
     assert "Could not find 'task/imdb'" in result.stderr and "rte" in result.stderr
+
+
+def test_bf16_mixed_scores_checkpoint_choice_and_sweep_in_one_precision(tiny_config, tmp_path, monkeypatch):
+    import de3.models.module as module_file
+    from de3.data.tasks import task_from_config
+    from de3.exit_cache import load_exit_caches
+    from de3.metrics import predictions
+    from de3.sweep import score
+
+    scored_dtypes = set()
+
+    def recording(logits, regression):
+        scored_dtypes.add(logits.dtype)
+        return predictions(logits, regression)
+
+    monkeypatch.setattr(module_file, "predictions", recording)
+    cfg = tiny_config("task=rte", "trainer.precision=bf16-mixed", "backbone.config_overrides.num_hidden_layers=3")
+    train(cfg)
+    assert scored_dtypes == {torch.float32}  # validation (val_score, checkpoint choice) ran outside autocast
+    results = json.loads((tmp_path / "results.json").read_text())
+    cache = load_exit_caches(tmp_path / "exit_cache.pt")["validation"]
+    task = task_from_config(cfg.task)
+    from_cache = [score(task, predictions(cache.logits[m], False), cache.labels)["accuracy"] for m in range(3)]
+    assert results["scores"]["validation"]["accuracy"] == from_cache  # results.json agrees with the sweep's pass

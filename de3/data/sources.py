@@ -101,6 +101,9 @@ def _from_rows(task: TaskSpec, split: str, path: Path) -> list[Example]:
 def _from_hub(task: TaskSpec, split: str) -> list[Example]:
     import datasets  # slow to import; only the hub path needs it
 
+    from de3.hub import hub_unreachable  # (it imports this module)
+
+    hub_unreachable()  # if so, offline mode: the datasets cache or an error at once, no retries
     hub = task.hub
     try:
         rows = datasets.load_dataset(hub.path, hub.name, split=split)

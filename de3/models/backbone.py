@@ -21,12 +21,9 @@ from transformers import (
 )
 
 from de3.errors import De3Error
+from de3.hub import hub_unreachable, looks_like_path
 from de3.models.char_tokenizer import CHAR_TOKENIZERS
 from de3.models.encoder_families import LayerInputs, family_for
-
-
-def _looks_like_path(path: str) -> bool:
-    return path.startswith((".", "/", "~")) or os.sep in path.strip("/") and path.count("/") > 1
 
 
 def _from_pretrained(loader: Any, name: str, path: str, **kwargs: Any) -> Any:
@@ -37,8 +34,9 @@ def _from_pretrained(loader: Any, name: str, path: str, **kwargs: Any) -> Any:
             return loader.from_pretrained(expanded, **kwargs)
         except (OSError, ValueError) as err:
             raise De3Error(f"backbone {name!r}: cannot load from local directory {expanded}: {err}") from None
-    if _looks_like_path(path):
+    if looks_like_path(path):
         raise De3Error(f"backbone {name!r}: no local directory at {expanded} (set backbone.path)")
+    hub_unreachable()  # if so, Hugging Face's offline mode: the cache or an error at once, no retries
     try:
         return loader.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
@@ -86,10 +84,21 @@ def load_encoder(
     else:
         config = _from_pretrained(AutoConfig, name, path, **overrides)
     if random_init:
-        return AutoModel.from_config(config)
+        return _without_pooler(AutoModel.from_config(config))
     if path is None:
         raise De3Error(f"backbone {name!r}: pretrained weights need backbone.path (or set backbone.random_init=true)")
-    return _from_pretrained(AutoModel, name, path, config=config)
+    encoder, loading = _from_pretrained(AutoModel, name, path, config=config, output_loading_info=True)
+    if any(key.startswith("pooler.") for key in loading["missing_keys"]):
+        return _without_pooler(encoder)
+    return encoder
+
+
+def _without_pooler(encoder: PreTrainedModel) -> PreTrainedModel:
+    """Drop a pooler whose weights are random (not in the loaded weights): an encoder that
+    `load_encoder` returns has a pooler only where that pooler was trained."""
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    return encoder
 
 
 class EncoderBackbone(nn.Module):

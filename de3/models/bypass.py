@@ -7,11 +7,18 @@ read:
 
     u = p + W_up · gelu(W_down · LayerNorm(p))        W_down: H → r,  W_up: r → H
 
-W_up starts at zero, so training starts from the plain multi-exit model. The exits of a
-block then fit their shared bypass instead of pulling the backbone's layers towards each
-exit's own needs. The final exit reads its layer directly: it stays the ordinary classifier,
-and full-depth inference costs nothing extra. The bypass works on one pooled vector per
-sample, so its cost does not grow with sequence length (`flops`).
+W_up starts at zero, so training starts from the plain multi-exit model. The final exit
+reads its layer directly: it stays the ordinary classifier, and full-depth inference costs
+nothing extra. The bypass works on one pooled vector per sample, so its cost does not grow
+with sequence length (`flops`).
+
+Where the internal exits' gradients go is a switch, `detach_backbone`:
+- false (default): the residual path `p + ...` passes every internal exit's gradient on to
+  its layer and, through it, to every layer below. The bypass adds capacity each exit can
+  fit, but the exits still pull on the backbone's layers, as in plain joint training.
+- true: the gradient stops at the block boundary, the bypass's input `p`. Internal exits
+  train only their heads and their block's bypass; the backbone's layers are trained by the
+  final exit alone, so the internal exits cannot pull them towards their own needs.
 """
 
 from __future__ import annotations
@@ -41,14 +48,23 @@ class Bottleneck(nn.Module):
 
 
 class BlockBypasses(nn.Module):
-    """One `Bottleneck` per block of `block_size` internal layers (`num_internal` = L − 1)."""
+    """One `Bottleneck` per block of `block_size` internal layers (`num_internal` = L − 1);
+    with `detach_backbone`, internal exits' gradients stop at the bypass's input."""
 
-    def __init__(self, num_internal: int, hidden_size: int, block_size: int = 2, rank: int = 64) -> None:
+    def __init__(
+        self,
+        num_internal: int,
+        hidden_size: int,
+        block_size: int = 2,
+        rank: int = 64,
+        detach_backbone: bool = False,
+    ) -> None:
         super().__init__()
         if block_size < 1 or rank < 1:
             raise De3Error(f"model.bypass: block_size and rank must be ≥ 1, got {block_size} and {rank}")
         self.num_internal = num_internal
         self.block_size = block_size
+        self.detach_backbone = detach_backbone
         num_blocks = math.ceil(num_internal / block_size)
         self.blocks = nn.ModuleList(Bottleneck(hidden_size, rank) for _ in range(num_blocks))
 
@@ -58,7 +74,7 @@ class BlockBypasses(nn.Module):
 
     def forward(self, index: int, pooled: torch.Tensor) -> torch.Tensor:
         """Internal layer `index`'s (0-based) pooled vector [B, H] → what its exit reads [B, H]."""
-        return self.blocks[self.block_of(index)](pooled)
+        return self.blocks[self.block_of(index)](pooled.detach() if self.detach_backbone else pooled)
 
     def flops(self) -> int:
         """FLOPs for one sample at one internal exit: the two projections (2·2·H·r), plus about

@@ -89,7 +89,7 @@ class MultiExitModule(L.LightningModule):
             for _ in self.task.eval_splits
         )
         self.eval_scores: dict[str, dict[str, list[float]]] = {}
-        self._prototype_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._prototype_batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # since the last optimizer step
         self._entered_stage: int | None = None
         self._stage_starts = [0]
         self._layer_cache: torch.Tensor | None = None  # [N, L, H] while a stage trains on cached layers
@@ -167,7 +167,7 @@ class MultiExitModule(L.LightningModule):
             # A class seen for the first time gets its prototype before DAR measures distances to it.
             if prototypes.update(output.mapped.detach(), labels, only_missing=True):
                 output.distances = prototypes.distances(output.mapped)
-            self._prototype_batch = (output.mapped.detach(), labels)
+            self._prototype_batches.append((output.mapped.detach(), labels))
         losses = self.loss_fn(output, labels, self.task.is_regression, self._entered_stage or 0)
         if not torch.isfinite(losses["loss"]):
             raise De3Error(self._nonfinite_loss_message(losses["loss"], batch_idx))
@@ -191,14 +191,20 @@ class MultiExitModule(L.LightningModule):
             + ". Lower model.optimizer.lr, or check the data for extreme values."
         )
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """After the optimizer step: fold the batch's class means into the prototypes (EMA)."""
-        if self._prototype_batch is not None:
-            self.model.prototypes.update(*self._prototype_batch)
-            self._prototype_batch = None
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Once per optimizer step, its gradients complete: fold the class means of every batch
+        it accumulated into the prototypes (one EMA update; the loss no longer reads them)."""
+        if self._prototype_batches:
+            mapped, labels = zip(*self._prototype_batches)
+            self.model.prototypes.update(torch.cat(mapped, dim=1), torch.cat(labels))
+            self._prototype_batches = []
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        predicted = predictions(self(batch).logits, self.task.is_regression)  # [L, B]
+        # float32 whatever the trainer's precision: per-exit scores and the checkpoint choice then
+        # agree with the sweep and the predictor, which run in float32 too
+        with torch.autocast(self.device.type, enabled=False):
+            logits = self(batch).logits
+        predicted = predictions(logits, self.task.is_regression)  # [L, B]
         for exit_metrics, exit_predictions in zip(self.metrics[dataloader_idx], predicted):
             exit_metrics.update(exit_predictions, batch["labels"])
 

@@ -36,7 +36,8 @@ class MultiExitModel(nn.Module):
     `forward` runs every layer (training, caching for the sweep); `exit_logits` is the piece
     that layer-by-layer early-exit inference calls after each layer. `prototypes` is None
     unless the model was built with `prototypes` settings (DE³); `bypass` is None unless
-    built with `bypass` settings whose `enabled` is true (BADGE).
+    built with `bypass` settings whose `enabled` is true (BADGE). With `init_from_pooler`, every
+    exit's dense layer starts as the backbone's trained pooler, where it has one.
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class MultiExitModel(nn.Module):
         dropout: float = 0.1,
         prototypes: dict | None = None,
         bypass: dict | None = None,
+        init_from_pooler: bool = True,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -56,6 +58,9 @@ class MultiExitModel(nn.Module):
         self.exits = nn.ModuleList(
             ExitHead(backbone.hidden_size, num_outputs, dropout) for _ in range(backbone.num_layers)
         )
+        if init_from_pooler and backbone.pretrained_pooler is not None:
+            for head in self.exits:  # as DeeBERT's highway exits start
+                head.dense.load_state_dict(backbone.pretrained_pooler.state_dict())
         self.prototypes = (
             None
             if prototypes is None

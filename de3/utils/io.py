@@ -15,10 +15,14 @@ from typing import Any
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write to; on success it is renamed to `path`,
-    on any failure it is removed, so `path` is either the complete new file or untouched."""
+    on any failure it is removed, so `path` is either the complete new file or untouched.
+
+    The file gets the permissions a plain `open(path, "w")` would give (0666 less the umask,
+    0644 by default), not `mkstemp`'s private 0600: teammates must be able to read results."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     try:
         yield Path(tmp)
@@ -26,6 +30,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
