@@ -253,3 +253,19 @@ def test_dge_kl_and_js_values_and_direction_by_hand():
     mean = [(a + b) / 2 for a, b in zip(first, second)]
     assert windowed[2, 0].item() == pytest.approx(kl_by_hand(third, mean), rel=1e-5)
     assert windowed[1, 0].item() == pytest.approx(kl_by_hand(second, first), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["exit.params.pcee.patience=0"], "exit.params.pcee.patience=0: Input should be greater than or equal to 1"),
+        (["exit.params.dge.window=0"], "exit.params.dge.window=0: Input should be greater than or equal to 1"),
+        (["mode=predict", "exit.rule=patience", "exit.threshold=0"], "exit.threshold=0 for rule patience"),
+    ],
+)
+def test_run_refuses_bad_exit_settings_before_building_anything(overrides, message, tiny_config, tmp_path):
+    from de3.jobs import run
+
+    with pytest.raises(De3Error, match=message):
+        run(tiny_config("task=rte", *overrides))
+    assert list(tmp_path.iterdir()) == []  # no checkpoint, no log: nothing ran
