@@ -153,8 +153,7 @@ def sweep(cfg: DictConfig) -> float:
     model = MultiExitModule.from_checkpoint(checkpoint)
     datamodule = build_datamodule(cfg, model.task, model.tokenizer, "validate")
     trainer = build_trainer(cfg)
-    # given as ckpt_path, so that the sweep records which checkpoint its thresholds belong to
-    trainer.validate(model, datamodule=datamodule, ckpt_path=str(checkpoint), verbose=False)
+    trainer.validate(model, datamodule=datamodule, verbose=False)
     return _report(cfg, model, trainer, str(checkpoint), started)
 
 

@@ -269,3 +269,18 @@ def test_run_refuses_bad_exit_settings_before_building_anything(overrides, messa
     with pytest.raises(De3Error, match=message):
         run(tiny_config("task=rte", *overrides))
     assert list(tmp_path.iterdir()) == []  # no checkpoint, no log: nothing ran
+
+
+def test_deebert_threshold_in_nats_is_tau_times_ln_c():
+    """The README's conversion: DeeBERT's entropy(x) = log Σ eˣ − Σ x·eˣ / Σ eˣ (nats, from its
+    code) below S exits exactly where our normalised entropy is below τ = S / ln C."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 50, 3) * 2  # 3 classes
+    exp = x.exp()
+    nats = exp.sum(-1).log() - (x * exp).sum(-1) / exp.sum(-1)
+    rule = get_rule("entropy")
+    indicator = rule_indicator(rule, x, None, {})
+    for s in (0.1, 0.3, 0.5, 0.7):
+        deebert = decide(rule, x, nats[:-1], s, is_regression=False)[0]
+        ours = decide(rule, x, indicator, s / math.log(3), is_regression=False)[0]
+        assert torch.equal(deebert, ours) and len(set(ours.tolist())) > 1

@@ -76,7 +76,7 @@ class ExitSweep(L.Callback):
         deploy = thresholds_document(
             summary[deploy_split]["rules"],
             deploy_split,
-            trainer.ckpt_path,
+            trainer.ckpt_path or pl_module.checkpoint_path,  # fit → validate(best), or mode=sweep
             self.output_dir,
             getattr(trainer.datamodule, "max_seq_length", None),
         )
