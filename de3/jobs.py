@@ -141,15 +141,17 @@ def train(cfg: DictConfig) -> float:
 
 def sweep(cfg: DictConfig) -> float:
     """Evaluate a trained model on its task's eval splits and run the callbacks (the sweep):
-    `ckpt_path`, or the checkpoint `run_dir`'s thresholds were computed on. Task and backbone
-    come from the checkpoint; data settings from `cfg.data`."""
+    `ckpt_path`, or the checkpoint `run_dir`'s thresholds were computed on, with the rule
+    parameters it recorded unless the command line sets them. Task and backbone come from the
+    checkpoint; data settings from `cfg.data`."""
     started = time.perf_counter()
-    if cfg.get("ckpt_path"):
-        checkpoint = Path(cfg.ckpt_path).expanduser()
-    elif cfg.get("run_dir"):
-        checkpoint = RunThresholds.read(Path(cfg.run_dir).expanduser() / FILENAME).recorded_checkpoint()
-    else:
+    if not cfg.get("ckpt_path") and not cfg.get("run_dir"):
         raise De3Error("mode=sweep needs run_dir=<run folder> or ckpt_path=/path/to/checkpoint.ckpt")
+    checkpoint = Path(cfg.ckpt_path).expanduser() if cfg.get("ckpt_path") else None
+    if cfg.get("run_dir"):
+        run = RunThresholds.read(Path(cfg.run_dir).expanduser() / FILENAME)
+        checkpoint = checkpoint or run.recorded_checkpoint()
+        _use_recorded_params(cfg, run, command_line_overrides())
     model = MultiExitModule.from_checkpoint(checkpoint)
     datamodule = build_datamodule(cfg, model.task, model.tokenizer, "validate")
     trainer = build_trainer(cfg)
@@ -169,6 +171,15 @@ def _given(overrides: dict[str, str], key: str) -> bool:
     """Whether the command line sets `key` itself or a config node above it."""
     parts = key.split(".")
     return any(".".join(parts[: n + 1]) in overrides for n in range(len(parts)))
+
+
+def _use_recorded_params(cfg: DictConfig, run: RunThresholds, overrides: dict[str, str]) -> None:
+    """Set `exit.params` to the parameters `run` recorded, except those the command line sets."""
+    with open_dict(cfg):
+        for rule, params in cfg.exit.params.items():
+            for key, value in (run.params(rule) or {}).items():
+                if not _given(overrides, f"exit.params.{rule}.{key}"):
+                    params[key] = value
 
 
 def _check_checkpoint_matches(module: MultiExitModule, overrides: dict[str, str]) -> None:

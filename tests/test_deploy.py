@@ -146,7 +146,7 @@ def test_from_run_api(run_dir, caplog):
 
 
 def test_sweep_from_run_dir_sweeps_the_recorded_checkpoint(run_dir, config, tmp_path):
-    sweep(config("mode=sweep", f"run_dir={run_dir}", *SWEPT))
+    sweep(config("mode=sweep", f"run_dir={run_dir}"))  # the recorded parameters, not the config's
     again = json.loads((tmp_path / "thresholds.json").read_text())
     original = recorded(run_dir)
     assert again["checkpoint"] == {
@@ -154,6 +154,9 @@ def test_sweep_from_run_dir_sweeps_the_recorded_checkpoint(run_dir, config, tmp_
         "sha256": original["checkpoint"]["sha256"],
     }
     assert again["rules"] == original["rules"]
+    sweep(config("mode=sweep", f"run_dir={run_dir}", "exit.params.dge.window=1"))
+    rules = json.loads((tmp_path / "thresholds.json").read_text())["rules"]
+    assert rules["dge"]["params"] == {"divergence": "js", "window": 1} and rules["pcee"] == original["rules"]["pcee"]
     with pytest.raises(De3Error, match="mode=sweep needs run_dir=<run folder> or ckpt_path="):
         sweep(config("mode=sweep"))
 
