@@ -26,8 +26,11 @@ FILENAME = "thresholds.json"
 
 def file_sha256(path: str | Path) -> str:
     """The SHA-256 of a file's content, hex."""
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def thresholds_document(
