@@ -1,8 +1,10 @@
 """The jobs behind `run.py`: `train` (fit, then evaluate and sweep the best checkpoint),
-`sweep` (evaluate and sweep an existing checkpoint) and `predict` (real early exit)."""
+`sweep` (evaluate and sweep an existing checkpoint) and `predict` (real early exit, with the
+predictor `build_predictor` makes — serving uses the same)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -23,11 +26,12 @@ from de3.data.tasks import TaskSpec, task_from_config
 from de3.errors import De3Error
 from de3.flops import layer_speedup
 from de3.hub import missing_hub_inputs
-from de3.models.exit_rules import get_rule
+from de3.models.exit_rules import validate_exit_config
 from de3.models.module import MultiExitModule
-from de3.predictor import EarlyExitPredictor, resolve_threshold
+from de3.predictor import EarlyExitPredictor
 from de3.results import print_results, save_results
 from de3.sweep import score
+from de3.thresholds import FILENAME, RunThresholds, resolve_exit_setting
 from de3.utils.io import csv_text, write_text_atomic
 from de3.utils.provenance import git_commit
 
@@ -142,50 +146,98 @@ def train(cfg: DictConfig) -> float:
 
 
 def sweep(cfg: DictConfig) -> float:
-    """Evaluate `cfg.ckpt_path` on its task's eval splits and run the callbacks (the sweep).
-    Task and backbone come from the checkpoint; data settings from `cfg.data`."""
+    """Evaluate a trained model on its task's eval splits and run the callbacks (the sweep):
+    `ckpt_path`, or the checkpoint `run_dir`'s thresholds were computed on, with the rule
+    parameters it recorded unless the command line sets them. Task and backbone come from the
+    checkpoint; data settings from `cfg.data`."""
     started = time.perf_counter()
-    if not cfg.get("ckpt_path"):
-        raise De3Error("mode=sweep needs ckpt_path=/path/to/checkpoint.ckpt")
-    model = MultiExitModule.from_checkpoint(cfg.ckpt_path)
+    if not cfg.get("ckpt_path") and not cfg.get("run_dir"):
+        raise De3Error("mode=sweep needs run_dir=<run folder> or ckpt_path=/path/to/checkpoint.ckpt")
+    checkpoint = Path(cfg.ckpt_path).expanduser() if cfg.get("ckpt_path") else None
+    if cfg.get("run_dir"):
+        run = RunThresholds.read(Path(cfg.run_dir).expanduser() / FILENAME)
+        checkpoint = checkpoint or run.recorded_checkpoint()
+        _use_recorded_params(cfg, run, command_line_overrides())
+    model = MultiExitModule.from_checkpoint(checkpoint)
     datamodule = build_datamodule(cfg, model.task, model.tokenizer, "validate")
     trainer = build_trainer(cfg)
     trainer.validate(model, datamodule=datamodule, verbose=False)
-    return _report(cfg, model, trainer, str(cfg.ckpt_path), started)
+    return _report(cfg, model, trainer, str(checkpoint), started)
 
 
-def _check_checkpoint_matches(module: MultiExitModule) -> None:
+def command_line_overrides() -> dict[str, str]:
+    """What the command line sets (key → value as written); empty outside a Hydra job."""
+    if not HydraConfig.initialized():
+        return {}
+    parsed = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+    return {o.key_or_group: o.get_value_element_as_str() for o in parsed if not o.is_delete()}
+
+
+def _given(overrides: dict[str, str], key: str) -> bool:
+    """Whether the command line sets `key` itself or a config node above it."""
+    parts = key.split(".")
+    return any(".".join(parts[: n + 1]) in overrides for n in range(len(parts)))
+
+
+def _use_recorded_params(cfg: DictConfig, run: RunThresholds, overrides: dict[str, str]) -> None:
+    """Set `exit.params` to the parameters `run` recorded, except those the command line sets."""
+    with open_dict(cfg):
+        for rule, params in cfg.exit.params.items():
+            for key, value in (run.params(rule) or {}).items():
+                if not _given(overrides, f"exit.params.{rule}.{key}"):
+                    params[key] = value
+
+
+def _check_checkpoint_matches(module: MultiExitModule, overrides: dict[str, str]) -> None:
     """A task or backbone named on the command line must be the checkpoint's own."""
-    given = dict(o.split("=", 1) for o in HydraConfig.get().overrides.task if "=" in o)
     actual = {"task": module.task.name, "backbone": module.hparams.backbone["name"]}
     for key, value in actual.items():
-        if key in given and given[key] != value:
-            raise De3Error(f"the checkpoint was trained with {key}={value}, not {key}={given[key]}")
+        if key in overrides and overrides[key] != value:
+            raise De3Error(f"the checkpoint was trained with {key}={value}, not {key}={overrides[key]}")
+
+
+def build_predictor(cfg: DictConfig) -> EarlyExitPredictor:
+    """The early-exit predictor of `mode=predict` (and serving): the model of `run_dir` (the
+    checkpoint its `thresholds.json` was computed on) or of `ckpt_path`; `exit.rule` with
+    `exit.threshold`, or the threshold that reached `exit.target_speedup` in the sweep. The
+    rule's parameters and `max_seq_length` are the ones the sweep recorded, unless the command
+    line sets them; `data.eval_batch_size` inputs per batch."""
+    rule, overrides = cfg.exit.rule, command_line_overrides()
+    configured = OmegaConf.to_container(cfg.exit.params.get(rule) or OmegaConf.create(), resolve=True)
+    setting = resolve_exit_setting(
+        rule,
+        run_dir=cfg.get("run_dir"),
+        checkpoint=cfg.get("ckpt_path"),
+        threshold=cfg.exit.get("threshold"),
+        target_speedup=cfg.exit.get("target_speedup"),
+        params={k: v for k, v in configured.items() if _given(overrides, f"exit.params.{rule}.{k}")},
+        defaults=configured,
+    )
+    module = MultiExitModule.from_checkpoint(setting.checkpoint)
+    _check_checkpoint_matches(module, overrides)
+    max_seq_length = setting.max_seq_length
+    if max_seq_length is None or _given(overrides, "data.max_seq_length"):
+        max_seq_length = cfg.data.max_seq_length
+    return EarlyExitPredictor(
+        module.model,
+        module.tokenizer,
+        module.task,
+        rule,
+        setting.threshold,
+        setting.params,
+        max_seq_length=max_seq_length,
+        batch_size=cfg.data.eval_batch_size,
+    )
 
 
 def predict(cfg: DictConfig) -> float:
     """Real early exit over an input file or a split of the checkpoint's task; writes
     `predictions.csv` (one row per input: prediction, probability, exit layer). Returns the
     speed-up ratio achieved."""
-    if not cfg.get("ckpt_path"):
-        raise De3Error("mode=predict needs ckpt_path=/path/to/checkpoint.ckpt")
     settings = cfg.predict
     if (settings.input is None) == (settings.split is None):
         raise De3Error("mode=predict needs exactly one of predict.input=FILE and predict.split=SPLIT")
-    rule = cfg.exit.rule
-    threshold = resolve_threshold(cfg.ckpt_path, rule, cfg.exit.get("threshold"), cfg.exit.get("target_speedup"))
-    module = MultiExitModule.from_checkpoint(cfg.ckpt_path)
-    _check_checkpoint_matches(module)
-    predictor = EarlyExitPredictor(
-        module.model,
-        module.tokenizer,
-        module.task,
-        rule,
-        threshold,
-        cfg.exit.params.get(rule),
-        max_seq_length=cfg.data.max_seq_length,
-        batch_size=cfg.data.eval_batch_size,
-    )
+    predictor = build_predictor(cfg)
     task = predictor.task
     if settings.input is not None:
         examples = read_inputs(settings.input, settings.text_columns or task.local.text_columns)
@@ -207,10 +259,11 @@ def predict(cfg: DictConfig) -> float:
     ]
     output = write_text_atomic(Path(cfg.paths.output_dir) / "predictions.csv", csv_text(rows))
     log.info(
-        "%d inputs in %.2fs: rule %s, threshold %.6g, mean exit layer %.2f, speed-up ratio %.2f×; wrote %s",
+        "%d inputs in %.2fs: rule %s %s, threshold %.6g, mean exit layer %.2f, speed-up ratio %.2f×; wrote %s",
         len(rows),
         elapsed,
         predictor.rule.name,
+        json.dumps(predictor.params),
         predictor.threshold,
         out.exit_layer.double().mean(),
         speedup,
@@ -237,10 +290,11 @@ def require_hub_inputs(cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig) -> float:
-    """Dispatch on `cfg.mode`."""
+    """Dispatch on `cfg.mode`, once the exit settings are known to be valid (a misspelt rule or
+    a patience of 0 fails now, not after hours of training)."""
     if cfg.mode not in JOBS:
         raise De3Error(f"unknown mode {cfg.mode!r}; choose from {sorted(JOBS)}")
-    get_rule(cfg.exit.rule)  # a misspelt rule fails now, not after hours of training
+    validate_exit_config(OmegaConf.to_container(cfg.exit, resolve=True))
     if cfg.mode == "train":
         require_hub_inputs(cfg)
     return JOBS[cfg.mode](cfg)

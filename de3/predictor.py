@@ -4,7 +4,6 @@ samples still undecided. The rules are the same functions the sweep simulates.""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,9 +16,10 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from de3.data.tasks import TaskSpec
 from de3.errors import De3Error
 from de3.metrics import predictions
-from de3.models.exit_rules import ExitRule, get_rule, layer_indicator
+from de3.models.exit_rules import ExitRule, get_rule, layer_indicator, validate_params, validate_threshold
 from de3.models.module import MultiExitModule
 from de3.models.multi_exit import MultiExitModel
+from de3.thresholds import ExitSetting, resolve_exit_setting
 
 log = logging.getLogger(__name__)
 
@@ -36,42 +36,12 @@ class ExitPrediction:
     probability: torch.Tensor | None
 
 
-def thresholds_file_for(checkpoint: str | Path) -> Path:
-    """A run's `thresholds.json`: in the output directory above the checkpoints folder."""
-    return Path(checkpoint).expanduser().resolve().parent.parent / "thresholds.json"
-
-
-def threshold_for_speedup(path: str | Path, rule: str, target: float) -> float:
-    """The threshold that reached speed-up `target` for `rule` in a sweep's `thresholds.json`."""
-    path = Path(path)
-    if not path.is_file():
-        raise De3Error(f"exit.target_speedup needs the sweep's thresholds.json; none at {path}")
-    rules = json.loads(path.read_text())["rules"]
-    if rule not in rules:
-        raise De3Error(f"{path} has no thresholds for rule {rule!r}; it has {sorted(rules)}")
-    point = rules[rule]["thresholds"].get(str(float(target)))
-    if point is None:
-        known = [t for t, p in rules[rule]["thresholds"].items() if p is not None]
-        raise De3Error(f"{path}: rule {rule!r} has no threshold reaching {target}×; targets reached: {known}")
-    return float(point["threshold"])
-
-
-def resolve_threshold(
-    checkpoint: str | Path, rule: str, threshold: float | None, target_speedup: float | None
-) -> float:
-    """The threshold given, or the one that reached `target_speedup` in the checkpoint's run."""
-    if (threshold is None) == (target_speedup is None):
-        raise De3Error("give exactly one of exit.threshold and exit.target_speedup")
-    if threshold is not None:
-        return float(threshold)
-    return threshold_for_speedup(thresholds_file_for(checkpoint), rule, target_speedup)
-
-
 class EarlyExitPredictor:
     """Early-exit inference with one rule and threshold on a trained multi-exit model.
 
     `predict(texts)` takes strings (or pairs of strings for pair tasks) and returns an
-    `ExitPrediction`; `predict_batch` does the same for a tokenized batch.
+    `ExitPrediction`; `predict_batch` does the same for a tokenized batch. Build it with
+    `from_run` to deploy a trained run: its checkpoint, with each threshold's own parameters.
     """
 
     def __init__(
@@ -93,11 +63,40 @@ class EarlyExitPredictor:
             kind = "regression" if task.is_regression else "classification"
             without = ", no prototypes" if model.prototypes is None else ""
             raise De3Error(f"exit rule {rule!r} does not apply to this model ({kind} task{without})")
-        self.threshold = float(threshold)
-        self.params = dict(params or {})
+        self.threshold = validate_threshold(self.rule, threshold)
+        self.params = validate_params(self.rule, params)
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size
         self.collate = DataCollatorWithPadding(tokenizer)
+
+    @classmethod
+    def from_setting(cls, setting: ExitSetting, **kwargs: Any) -> EarlyExitPredictor:
+        """Load the setting's checkpoint; inputs are truncated as in the sweep unless
+        `max_seq_length` is given."""
+        module = MultiExitModule.from_checkpoint(setting.checkpoint)
+        if setting.max_seq_length is not None:
+            kwargs.setdefault("max_seq_length", setting.max_seq_length)
+        return cls(
+            module.model, module.tokenizer, module.task, setting.rule, setting.threshold, setting.params, **kwargs
+        )
+
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        rule: str,
+        target_speedup: float | None = None,
+        threshold: float | None = None,
+        params: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> EarlyExitPredictor:
+        """Deploy a training run (its output folder): the checkpoint its `thresholds.json` was
+        computed on, the threshold that reached `target_speedup` there (or `threshold`), and the
+        rule's recorded parameters, each overridden by the one given in `params`."""
+        setting = resolve_exit_setting(
+            rule, run_dir=run_dir, threshold=threshold, target_speedup=target_speedup, params=params
+        )
+        return cls.from_setting(setting, **kwargs)
 
     @classmethod
     def from_checkpoint(
@@ -110,10 +109,11 @@ class EarlyExitPredictor:
         **kwargs: Any,
     ) -> EarlyExitPredictor:
         """Load a checkpoint; the threshold is given, or read for `target_speedup` from the
-        `thresholds.json` its training run's sweep wrote."""
-        threshold = resolve_threshold(path, rule, threshold, target_speedup)
-        module = MultiExitModule.from_checkpoint(path)
-        return cls(module.model, module.tokenizer, module.task, rule, threshold, params, **kwargs)
+        `thresholds.json` of its run folder, which must have been computed on this very file."""
+        setting = resolve_exit_setting(
+            rule, checkpoint=path, threshold=threshold, target_speedup=target_speedup, params=params
+        )
+        return cls.from_setting(setting, **kwargs)
 
     @torch.inference_mode()
     def predict_batch(

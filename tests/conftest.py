@@ -58,19 +58,23 @@ def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     return cfg
 
 
+def tiny_overrides(glue_dir: Path) -> list[str]:
+    """The real config shrunk: fake GLUE, tiny_bert, a few CPU steps, csv logger."""
+    return [
+        "backbone=tiny_bert",
+        "debug=fast",
+        f"data.data_dir={glue_dir}",
+        "data.batch_size=8",
+        "callbacks.progress_bar=null",
+    ]
+
+
 @pytest.fixture
 def tiny_config(tmp_path: Path, glue_dir: Path):
-    """A function: overrides → the real config on fake GLUE, tiny_bert, a few CPU steps, csv logger."""
+    """A function: overrides → the real config, shrunk (`tiny_overrides`), writing to tmp_path."""
 
     def make(*overrides: str) -> DictConfig:
-        base = [
-            "backbone=tiny_bert",
-            "debug=fast",
-            f"data.data_dir={glue_dir}",
-            "data.batch_size=8",
-            "callbacks.progress_bar=null",
-        ]
-        return compose_config([*base, *overrides], tmp_path)
+        return compose_config([*tiny_overrides(glue_dir), *overrides], tmp_path)
 
     yield make
     GlobalHydra.instance().clear()

@@ -11,8 +11,10 @@ from de3.data.tasks import GLUE_TASKS
 from de3.errors import De3Error
 from de3.exit_cache import collect_exit_cache
 from de3.models.exit_rules import RULES, decide, rule_indicator
+from de3.models.indicators import normalized_entropy
 from de3.models.module import MultiExitModule
-from de3.predictor import EarlyExitPredictor, threshold_for_speedup
+from de3.predictor import EarlyExitPredictor
+from de3.thresholds import RunThresholds
 from tests.conftest import GLUE_DIR, MINILM_DIR, needs_glue, needs_minilm
 
 PARAMS = {"edr": {"lam": 1.0}, "pcee": {"patience": 2}, "dge": {"divergence": "js", "window": 1}}
@@ -106,12 +108,27 @@ def test_real_minilm_exit_matches_simulation():
 
 def test_predict_texts_api_and_bad_input(caplog):
     module = make_module("rte", tiny_backbone(layers=3))
-    predictor = EarlyExitPredictor(
-        module.model, module.tokenizer, module.task, "entropy", threshold=0.999, max_seq_length=32
-    )
-    out = predictor.predict([("A man sleeps.", "Someone rests."), ("x" * 40, "y")])
-    assert out.exit_layer.shape == (2,) and out.probability.shape == (2,)
-    assert ((out.exit_layer >= 1) & (out.exit_layer <= 3)).all()
+    texts = [("A man sleeps.", "Someone rests."), ("x" * 40, "y")]
+    predictor = EarlyExitPredictor(module.model, module.tokenizer, module.task, "entropy", 0.5, max_seq_length=32)
+    # every exit's entropy on the same (truncated) inputs, from one full forward pass
+    batch = predictor.collate(predictor.tokenize(texts))
+    with torch.no_grad():
+        logits = module.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
+    entropy = normalized_entropy(logits)  # [3 layers, 2 samples]
+    # a threshold between the two samples' layer-1 entropies: the surer one leaves at layer 1
+    first, other = entropy[0].argmin().item(), entropy[0].argmax().item()
+    assert entropy[0, first] < entropy[0, other]
+    predictor.threshold = entropy[0].mean().item()
+    expected = [0, 0]
+    expected[first], expected[other] = 1, 2 if entropy[1, other] < predictor.threshold else 3
+    out = predictor.predict(texts)
+    assert out.exit_layer.tolist() == expected
+    chosen = logits[out.exit_layer - 1, torch.arange(2)]
+    torch.testing.assert_close(out.logits, chosen)
+    torch.testing.assert_close(out.probability, torch.softmax(chosen, -1).max(-1).values)
+    assert out.prediction.tolist() == chosen.argmax(-1).tolist()
+    predictor.threshold = 0.0  # nothing is below 0: the last layer answers
+    assert predictor.predict(texts).exit_layer.tolist() == [3, 3]
     assert "1 of 2 inputs are longer than max_seq_length=32" in caplog.text
     with pytest.raises(De3Error, match="input 1: empty text"):
         predictor.predict([("a", "b"), ("  ", "b")])
@@ -120,6 +137,11 @@ def test_predict_texts_api_and_bad_input(caplog):
     with pytest.raises(De3Error, match="does not apply"):
         stsb = make_module("stsb", tiny_backbone(3))
         EarlyExitPredictor(stsb.model, stsb.tokenizer, stsb.task, "entropy", 0.5)
+    # parameters and thresholds are checked when the predictor is built, not deep inside a batch
+    with pytest.raises(De3Error, match="exit.params.pcee.patience=0: Input should be greater than or equal to 1"):
+        EarlyExitPredictor(module.model, module.tokenizer, module.task, "pcee", 0.5, {"patience": 0})
+    with pytest.raises(De3Error, match="exit.threshold=0 for rule patience"):
+        EarlyExitPredictor(module.model, module.tokenizer, module.task, "patience", 0)
 
 
 def test_threshold_for_target_speedup(tmp_path):
@@ -127,55 +149,29 @@ def test_threshold_for_target_speedup(tmp_path):
     path.write_text(
         json.dumps(
             {
+                "checkpoint": {"path": "checkpoints/best.ckpt", "sha256": "0" * 64},
                 "split": "validation",
+                "max_seq_length": 64,
                 "rules": {
                     "edr": {
-                        "params": {"lam": 1.0},
+                        "params": {"lam": 3.0},
                         "thresholds": {"1.5": {"threshold": 0.3, "speedup": 1.52}, "2.0": None},
                     }
                 },
             }
         )
     )
-    assert threshold_for_speedup(path, "edr", 1.5) == 0.3
+    run = RunThresholds.read(path)
+    assert run.point("edr", 1.5) == {"threshold": 0.3, "speedup": 1.52} and run.params("edr") == {"lam": 3.0}
+    assert (run.checkpoint, run.split, run.max_seq_length) == (tmp_path / "checkpoints/best.ckpt", "validation", 64)
     with pytest.raises(De3Error, match="no threshold reaching 2"):
-        threshold_for_speedup(path, "edr", 2)
+        run.point("edr", 2)
     with pytest.raises(De3Error, match="no thresholds for rule 'dge'"):
-        threshold_for_speedup(path, "dge", 1.5)
-    with pytest.raises(De3Error, match="none at"):
-        threshold_for_speedup(tmp_path / "missing.json", "edr", 1.5)
-
-
-def test_predict_mode_end_to_end(tiny_config, tmp_path):
-    from de3.errors import find_user_error
-    from de3.jobs import predict, train
-
-    train(tiny_config("task=rte", "backbone.config_overrides.num_hidden_layers=3"))
-    checkpoint = json.loads((tmp_path / "results.json").read_text())["checkpoint"]
-    inputs = tmp_path / "pairs.txt"
-    inputs.write_text("A man sleeps.\tSomeone rests.\nIt rains.\tThe street is wet.\n", encoding="utf-8")
-    base = ["mode=predict", f"ckpt_path={checkpoint}", "exit.rule=entropy"]
-
-    speedup = predict(tiny_config(*base, f"predict.input={inputs}", "exit.threshold=0.9999"))
-    rows = (tmp_path / "predictions.csv").read_text().splitlines()
-    assert rows[0] == "input,prediction,probability,exit_layer" and len(rows) == 3
-    assert rows[1].startswith(f"{inputs}:1,") and rows[1].split(",")[1] in ("entailment", "not_entailment")
-    assert 1.0 <= speedup <= 3.0
-
-    deploy = json.loads((tmp_path / "thresholds.json").read_text())["rules"]["entropy"]["thresholds"]
-    reachable = [t for t, p in deploy.items() if p is not None]
-    predict(tiny_config(*base, "predict.split=validation", f"exit.target_speedup={reachable[0]}"))
-    assert len((tmp_path / "predictions.csv").read_text().splitlines()) == 11
-
-    api = EarlyExitPredictor.from_checkpoint(checkpoint, rule="entropy", target_speedup=float(reachable[0]))
-    assert api.predict([("A man sleeps.", "Someone rests.")]).exit_layer.shape == (1,)
-
-    (tmp_path / "bad.txt").write_bytes(b"fine\tok\ncaf\xe9\tok\n")
-    for overrides, message in [
-        ([f"predict.input={tmp_path / 'bad.txt'}", "exit.threshold=0.5"], "bad.txt:2: not valid UTF-8"),
-        ([f"predict.input={inputs}", "exit.threshold=0.5", "task=mrpc"], "trained with task=rte, not task=mrpc"),
-        (["predict.split=validation"], "exactly one of exit.threshold and exit.target_speedup"),
-    ]:
-        with pytest.raises(Exception) as info:
-            predict(tiny_config(*base, *overrides))
-        assert message in str(find_user_error(info.value))
+        run.point("dge", 1.5)
+    with pytest.raises(De3Error, match="which no longer exists"):
+        run.recorded_checkpoint()
+    with pytest.raises(De3Error, match="no thresholds.json at"):
+        RunThresholds.read(tmp_path / "missing.json")
+    (tmp_path / "broken.json").write_text('{"split": "validation"}')
+    with pytest.raises(De3Error, match="is not a de3 thresholds.json"):
+        RunThresholds.read(tmp_path / "broken.json")

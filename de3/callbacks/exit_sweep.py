@@ -17,8 +17,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from de3.errors import De3Error
 from de3.exit_cache import ExitCache, collect_exit_cache, save_exit_caches
 from de3.flops import FlopsModel, cost_markdown
-from de3.models.exit_rules import get_rule
+from de3.models.exit_rules import get_rule, validate_params
 from de3.sweep import full_depth_scores, plot_sweep, summarize, summary_markdown, sweep_split
+from de3.thresholds import FILENAME, thresholds_document
 from de3.utils.io import csv_text, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,9 @@ class ExitSweep(L.Callback):
     one cached pass over every eval split, then every applicable rule of `rules` (name → its
     parameters) at `num_thresholds` data-chosen thresholds plus `extra_thresholds`.
 
-    Writes `sweep.csv`, `sweep.png`, `summary.md`, `thresholds.json` (per rule, the threshold
-    reaching each of `target_speedups` on the first eval split) and `exit_cache.pt`.
+    Writes `sweep.csv`, `sweep.png`, `summary.md`, `thresholds.json` (per rule, its parameters
+    and the threshold reaching each of `target_speedups` on the first eval split, with that
+    split, the checkpoint the trainer loaded and the input length) and `exit_cache.pt`.
     """
 
     def __init__(
@@ -42,9 +44,8 @@ class ExitSweep(L.Callback):
         target_speedups: Sequence[float] = (1.5, 2.0, 3.0),
     ) -> None:
         self.output_dir = Path(output_dir)
-        self.rules = {name: dict(params or {}) for name, params in rules.items()}
-        for name in self.rules:
-            get_rule(name)  # unknown names fail now, not after training
+        # unknown rules and bad parameters fail now, not after training
+        self.rules = {name: validate_params(get_rule(name), params) for name, params in rules.items()}
         self.num_thresholds = num_thresholds
         self.extra_thresholds = {k: list(v) for k, v in (extra_thresholds or {}).items()}
         self.target_speedups = list(target_speedups)
@@ -71,8 +72,16 @@ class ExitSweep(L.Callback):
         self.timings = {"cache_pass_s": cached - started, "simulation_s": time.perf_counter() - cached}
         first_cache = next(iter(caches.values()))
         cost = cost_markdown(model, float(first_cache.lengths.double().mean()))
+        deploy_split = next(iter(summary))  # the split the deployed thresholds are chosen on
+        deploy = thresholds_document(
+            summary[deploy_split]["rules"],
+            deploy_split,
+            trainer.ckpt_path or pl_module.checkpoint_path,  # fit → validate(best), or mode=sweep
+            self.output_dir,
+            getattr(trainer.datamodule, "max_seq_length", None),
+        )
         try:
-            self._write(rows, summary, full_depth, caches, task.main_metric, model.num_layers, cost)
+            self._write(rows, summary, full_depth, caches, task.main_metric, model.num_layers, cost, deploy)
         except OSError as err:
             raise De3Error(
                 f"could not write the sweep's files to {self.output_dir}: {err}. "
@@ -88,7 +97,7 @@ class ExitSweep(L.Callback):
             self.output_dir,
         )
 
-    def _write(self, rows, summary, full_depth, caches, metric: str, num_layers: int, cost: str) -> None:
+    def _write(self, rows, summary, full_depth, caches, metric: str, num_layers: int, cost: str, deploy) -> None:
         out = self.output_dir
         save_exit_caches(out / "exit_cache.pt", caches)
         write_text_atomic(out / "sweep.csv", csv_text(rows))
@@ -99,20 +108,7 @@ class ExitSweep(L.Callback):
             + "\n## Model cost (counted in flops_speedup)\n\n"
             + cost,
         )
-        first = next(iter(summary.values()))
-        deploy = {
-            rule: {
-                "params": entry["params"],
-                "thresholds": {
-                    t: None if p is None else {"threshold": p["threshold"], "speedup": p["speedup"]}
-                    for t, p in entry["targets"].items()
-                },
-            }
-            for rule, entry in first["rules"].items()
-        }
-        write_text_atomic(
-            out / "thresholds.json", json.dumps({"split": next(iter(summary)), "rules": deploy}, indent=2) + "\n"
-        )
+        write_text_atomic(out / FILENAME, json.dumps(deploy, indent=2) + "\n")
 
     def _log_wandb(self, trainer: L.Trainer, rows, summary, metric: str) -> None:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]

@@ -9,17 +9,24 @@ the last layer always answers.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal, get_type_hints
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from de3.errors import De3Error
 from de3.metrics import predictions
 from de3.models.indicators import distance_ratio, edr, normalized_entropy
 
 Indicator = Callable[..., torch.Tensor]
+# The types of the rules' parameters: what `validate_params` checks before any model runs.
+Count = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 def _max_probability_gap(logits: torch.Tensor) -> torch.Tensor:
@@ -43,7 +50,10 @@ def _agreement_run(agree: torch.Tensor) -> torch.Tensor:
 
 
 def entropy_indicator(logits: torch.Tensor, distances: torch.Tensor | None = None) -> torch.Tensor:
-    """DeeBERT: normalised entropy of the exit's distribution."""
+    """DeeBERT: the entropy of the exit's distribution divided by log C, in [0, 1].
+
+    DeeBERT's threshold S is an entropy in nats (its scripts sweep S ∈ [0, 0.7]); the same
+    exits here take the threshold τ = S / ln C (S = 0.4 on a 2-class task: τ = 0.577)."""
     return normalized_entropy(logits)
 
 
@@ -53,21 +63,23 @@ def max_probability_indicator(logits: torch.Tensor, distances: torch.Tensor | No
 
 
 def dr_indicator(logits: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
-    """DE³'s distance ratio to the predicted class's prototype versus the nearest other."""
+    """DE³'s distance ratio to the predicted class's prototype versus the nearest other (1 where
+    the prototypes cannot tell: a class never seen in training has none)."""
     return distance_ratio(distances, logits.argmax(-1))
 
 
-def edr_indicator(logits: torch.Tensor, distances: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
-    """DE³-BERT: weighted harmonic mean of entropy and DR."""
+def edr_indicator(logits: torch.Tensor, distances: torch.Tensor, lam: NonNegative = 1.0) -> torch.Tensor:
+    """DE³-BERT: weighted harmonic mean of entropy and DR (never below the entropy where DR
+    is 1 because a class has no prototype)."""
     return edr(normalized_entropy(logits), distance_ratio(distances, logits.argmax(-1)), lam)
 
 
-def pcee_indicator(logits: torch.Tensor, distances: torch.Tensor | None = None, patience: int = 2) -> torch.Tensor:
+def pcee_indicator(logits: torch.Tensor, distances: torch.Tensor | None = None, patience: Count = 2) -> torch.Tensor:
     """PCEE-BERT: the largest entropy over the last `patience` layers (all must be below τ)."""
     return _window_max(normalized_entropy(logits), patience)
 
 
-def patience_count(logits: torch.Tensor, distances: torch.Tensor | None = None, delta: float = 0.1) -> torch.Tensor:
+def patience_count(logits: torch.Tensor, distances: torch.Tensor | None = None, delta: Positive = 0.1) -> torch.Tensor:
     """PABEE: how many consecutive earlier layers agree with this one — the same argmax, or for
     regression (one output) a change smaller than `delta`."""
     if logits.shape[-1] == 1:
@@ -80,12 +92,13 @@ def patience_count(logits: torch.Tensor, distances: torch.Tensor | None = None, 
 
 
 def dge_indicator(
-    logits: torch.Tensor, distances: torch.Tensor | None = None, divergence: str = "js", window: int = 1
+    logits: torch.Tensor,
+    distances: torch.Tensor | None = None,
+    divergence: Literal["kl", "js"] = "js",
+    window: Count = 1,
 ) -> torch.Tensor:
     """BADGE's DGE: divergence between this exit's distribution and the mean of the previous
     `window` exits' distributions (KL(p‖r) or JS); ∞ at the first layer."""
-    if divergence not in ("kl", "js"):
-        raise De3Error(f"DGE divergence must be 'kl' or 'js', got {divergence!r}")
     probs = torch.softmax(logits.float(), -1).clamp(min=1e-12)
     cumulative = torch.cat([torch.zeros_like(probs[:1]), probs.cumsum(0)])  # [M+1, N, C]
     index = torch.arange(probs.shape[0])
@@ -150,16 +163,74 @@ def get_rule(name: str) -> ExitRule:
     return RULES[name]
 
 
+@functools.cache
+def _params_model(indicator: Indicator) -> type[BaseModel]:
+    """The indicator's own parameters (those after logits and distances) as a pydantic model:
+    their types and bounds are the annotations of its signature, their defaults its defaults."""
+    hints = get_type_hints(indicator, include_extras=True)
+    own = list(inspect.signature(indicator).parameters.values())[2:]
+    fields: dict[str, Any] = {p.name: (hints[p.name], p.default) for p in own}
+    return create_model(indicator.__name__, __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def _one_line(error: ValidationError, where: str, known: list[str]) -> str:
+    messages = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in (where, *item["loc"]))
+        reason = item["msg"]
+        if item["type"] == "extra_forbidden":
+            reason = f"no such parameter (this rule takes {', '.join(known) or 'none'})"
+        messages.append(f"{key}={item['input']!r}: {reason}")
+    return "; ".join(messages)
+
+
+def validate_params(rule: ExitRule, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The rule's parameters checked and completed with its defaults (counts are integers ≥ 1,
+    λ ≥ 0, δ > 0, divergence kl or js), or a one-line De3Error naming `exit.params.<rule>.<key>`."""
+    model = _params_model(rule.indicator)
+    try:
+        return model(**dict(params or {})).model_dump()
+    except ValidationError as err:
+        raise De3Error(_one_line(err, f"exit.params.{rule.name}", list(model.model_fields))) from None
+
+
+_COUNT = TypeAdapter(Count)
+_FINITE = TypeAdapter(Annotated[float, Field(allow_inf_nan=False)])
+_SPEEDUP = TypeAdapter(Annotated[float, Field(ge=1, allow_inf_nan=False)])
+
+
+def validate_threshold(rule: ExitRule, threshold: Any) -> float:
+    """A threshold for `rule`: a count ≥ 1 for counting rules (patience 0 would mean "exit at
+    once", the opposite of PABEE's "never"), else a finite number; or a one-line De3Error."""
+    try:
+        return float((_COUNT if rule.counts else _FINITE).validate_python(threshold))
+    except ValidationError as err:
+        raise De3Error(f"exit.threshold={threshold!r} for rule {rule.name}: {err.errors()[0]['msg']}") from None
+
+
+def validate_exit_config(exit_config: Mapping[str, Any]) -> None:
+    """Everything the `exit` config says, checked before any model is built: the rule, every
+    rule's parameters (the sweep uses them all), the threshold and the target speed-up."""
+    rule = get_rule(exit_config["rule"])
+    for name, params in (exit_config.get("params") or {}).items():
+        validate_params(get_rule(name), params)
+    if exit_config.get("threshold") is not None:
+        validate_threshold(rule, exit_config["threshold"])
+    target = exit_config.get("target_speedup")
+    if target is not None:
+        try:
+            _SPEEDUP.validate_python(target)
+        except ValidationError as err:
+            raise De3Error(_one_line(err, "exit.target_speedup", [])) from None
+
+
 def _indicator(
     rule: ExitRule, logits: torch.Tensor, distances: torch.Tensor | None, params: Mapping[str, Any]
 ) -> torch.Tensor:
     if rule.needs_distances and distances is None:
         raise De3Error(f"exit rule {rule.name!r} needs prototype distances: train with loss=de3")
     args = (logits, distances[: logits.shape[0]]) if rule.needs_distances else (logits,)
-    try:
-        return rule.indicator(*args, **params)
-    except TypeError as err:
-        raise De3Error(f"exit rule {rule.name!r}: bad parameters {dict(params)} ({err})") from None
+    return rule.indicator(*args, **validate_params(rule, params))
 
 
 def rule_indicator(

@@ -21,9 +21,12 @@ def distance_ratio(distances: torch.Tensor, predicted: torch.Tensor) -> torch.Te
     """DR = 0.5·(1 + (r₁ − r₂) / max(r₁, r₂)) ∈ [0, 1].
 
     `distances` [..., C] to the class prototypes; `predicted` [...] the class ĉ the exit
-    predicts. r₁ is the distance to ĉ's prototype, r₂ the smallest distance to any other.
-    DR = 0.5 when r₁ = r₂ (also when both are 0), → 0 when r₁ ≪ r₂; infinite distances
-    (classes never seen in training) take the limits.
+    predicts. r₁ is the distance to ĉ's prototype, r₂ the smallest distance to any other
+    class that has one. DR = 0.5 when r₁ = r₂ (also when both are 0), → 0 when r₁ ≪ r₂.
+    A class never seen in training has no prototype (distance ∞). When ĉ has none, or no
+    other class has one (r₂ does not exist), the prototypes say nothing in favour of ĉ and
+    DR = 1, the most uncertain value — not the limit 0 of r₂ → ∞, which would let every
+    such sample exit at the first layer whatever its entropy.
     """
     distances = distances.float()
     r1 = distances.gather(-1, predicted.unsqueeze(-1)).squeeze(-1)
@@ -31,16 +34,16 @@ def distance_ratio(distances: torch.Tensor, predicted: torch.Tensor) -> torch.Te
     r2 = others.min(-1).values
     largest = torch.maximum(r1, r2)
     ratio = torch.where(largest > 0, (r1 - r2) / largest.clamp(min=torch.finfo(largest.dtype).tiny), 0.0)
-    # A class without a prototype is infinitely far: the ratio's limit is ±1 (0 when both are).
-    infinite = torch.isinf(r1) | torch.isinf(r2)
-    ratio = torch.where(infinite, torch.nan_to_num(torch.sign(r1 - r2), nan=0.0), ratio)
+    ratio = torch.where(torch.isinf(r1) | torch.isinf(r2), 1.0, ratio)
     return 0.5 * (1.0 + ratio)
 
 
 def edr(entropy: torch.Tensor, ratio: torch.Tensor, lam: float) -> torch.Tensor:
     """EDR = (λ + 1) / (λ/DR + 1/Entropy): the weighted harmonic mean; 0 if DR or Entropy is 0.
 
-    λ = 0 gives the entropy alone; large λ approaches DR.
+    λ = 0 gives the entropy alone; large λ approaches DR. With DR = 1 (no prototype evidence,
+    see `distance_ratio`) EDR = (λ + 1)·E / (λ·E + 1) ≥ E: never an earlier exit than the
+    entropy alone at the same threshold.
     """
     entropy, ratio = entropy.float(), ratio.float()
     zero = (entropy <= 0) | (ratio <= 0) if lam > 0 else entropy <= 0

@@ -70,6 +70,7 @@ class MultiExitModule(L.LightningModule):
                 f"task {self.task.name!r} is regression: prototypes (loss=de3) need classes. "
                 "Train it with loss=joint; its exits use PABEE's regression patience"
             )
+        self.checkpoint_path: Path | None = None  # the file `from_checkpoint` loaded, if any
         self.tokenizer = load_tokenizer(**self.hparams.backbone)
         encoder = load_encoder(**self.hparams.backbone, tokenizer=self.tokenizer)
         self.model = MultiExitModel(
@@ -109,7 +110,9 @@ class MultiExitModule(L.LightningModule):
         except Exception as err:
             raise De3Error(f"{path} is not a de3 checkpoint ({err})") from None
         backbone = {**hparams["backbone"], "random_init": True}
-        return cls.load_from_checkpoint(path, map_location=map_location, backbone=backbone).eval()
+        module = cls.load_from_checkpoint(path, map_location=map_location, backbone=backbone).eval()
+        module.checkpoint_path = path
+        return module
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> MultiExitOutput:
         """A tokenized batch → every exit's outputs."""
