@@ -157,20 +157,16 @@ def _check_checkpoint_matches(module: MultiExitModule) -> None:
             raise De3Error(f"the checkpoint was trained with {key}={value}, not {key}={given[key]}")
 
 
-def predict(cfg: DictConfig) -> float:
-    """Real early exit over an input file or a split of the checkpoint's task; writes
-    `predictions.csv` (one row per input: prediction, probability, exit layer). Returns the
-    speed-up ratio achieved."""
+def build_predictor(cfg: DictConfig) -> EarlyExitPredictor:
+    """The real early-exit predictor of `mode=predict` and `mode=serve`: `ckpt_path`'s model
+    with `exit.rule`, its threshold (given, or read for `exit.target_speedup`) and parameters."""
     if not cfg.get("ckpt_path"):
-        raise De3Error("mode=predict needs ckpt_path=/path/to/checkpoint.ckpt")
-    settings = cfg.predict
-    if (settings.input is None) == (settings.split is None):
-        raise De3Error("mode=predict needs exactly one of predict.input=FILE and predict.split=SPLIT")
+        raise De3Error(f"mode={cfg.mode} needs ckpt_path=/path/to/checkpoint.ckpt")
     rule = cfg.exit.rule
     threshold = resolve_threshold(cfg.ckpt_path, rule, cfg.exit.get("threshold"), cfg.exit.get("target_speedup"))
     module = MultiExitModule.from_checkpoint(cfg.ckpt_path)
     _check_checkpoint_matches(module)
-    predictor = EarlyExitPredictor(
+    return EarlyExitPredictor(
         module.model,
         module.tokenizer,
         module.task,
@@ -180,6 +176,16 @@ def predict(cfg: DictConfig) -> float:
         max_seq_length=cfg.data.max_seq_length,
         batch_size=cfg.data.eval_batch_size,
     )
+
+
+def predict(cfg: DictConfig) -> float:
+    """Real early exit over an input file or a split of the checkpoint's task; writes
+    `predictions.csv` (one row per input: prediction, probability, exit layer). Returns the
+    speed-up ratio achieved."""
+    settings = cfg.predict
+    if (settings.input is None) == (settings.split is None):
+        raise De3Error("mode=predict needs exactly one of predict.input=FILE and predict.split=SPLIT")
+    predictor = build_predictor(cfg)
     task = predictor.task
     if settings.input is not None:
         examples = read_inputs(settings.input, settings.text_columns or task.local.text_columns)
