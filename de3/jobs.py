@@ -1,5 +1,6 @@
 """The jobs behind `run.py`: `train` (fit, then evaluate and sweep the best checkpoint),
-`sweep` (evaluate and sweep an existing checkpoint) and `predict` (real early exit)."""
+`sweep` (evaluate and sweep an existing checkpoint), `predict` (real early exit) and `serve`
+(real early exit behind HTTP)."""
 
 from __future__ import annotations
 
@@ -223,10 +224,29 @@ def predict(cfg: DictConfig) -> float:
     return speedup
 
 
-JOBS = {"train": train, "sweep": sweep, "predict": predict}
+def serve(cfg: DictConfig) -> None:
+    """Serve `build_predictor(cfg)` on LitServe until stopped: `POST /predict`, `GET /health`."""
+    from de3.serving import build_server, early_exit_api  # LitServe loads only for this mode
+
+    settings = cfg.serve
+    predictor = build_predictor(cfg)
+    api = early_exit_api(predictor, settings.max_batch_size, settings.batch_timeout)
+    log.info(
+        "serving %s (rule %s, threshold %.6g) on http://%s:%d/predict",
+        predictor.task.name,
+        predictor.rule.name,
+        predictor.threshold,
+        settings.host,
+        settings.port,
+    )
+    server = build_server(api, workers=settings.workers, timeout=settings.timeout)
+    server.run(host=settings.host, port=settings.port, generate_client_file=False)
 
 
-def run(cfg: DictConfig) -> float:
+JOBS = {"train": train, "sweep": sweep, "predict": predict, "serve": serve}
+
+
+def run(cfg: DictConfig) -> float | None:
     """Dispatch on `cfg.mode`."""
     if cfg.mode not in JOBS:
         raise De3Error(f"unknown mode {cfg.mode!r}; choose from {sorted(JOBS)}")
