@@ -102,7 +102,8 @@ def test_served_answers_equal_mode_predict(server_url, trained_run, tmp_path, gl
 
     inputs = tmp_path / "pairs.txt"
     inputs.write_text("".join(f"{a}\t{b}\n" for a, b in PAIRS), encoding="utf-8")
-    predict(compose_config([*RUN, "mode=predict", f"ckpt_path={trained_run}", *EXIT, f"predict.input={inputs}"], tmp_path))
+    overrides = [*RUN, "mode=predict", f"ckpt_path={trained_run}", *EXIT, f"predict.input={inputs}"]
+    predict(compose_config(overrides, tmp_path))
     with open(tmp_path / "predictions.csv", newline="") as file:
         expected = list(csv.DictReader(file))
     for (_, answer), row in zip(served, expected, strict=True):
