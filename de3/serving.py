@@ -46,8 +46,14 @@ class EarlyExitAPI(ls.LitAPI):
 
     request_model: type[TextRequest] = TextRequest
 
-    def __init__(self, predictor: EarlyExitPredictor, max_batch_size: int = 8, batch_timeout: float = 0.01) -> None:
-        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+    def __init__(
+        self,
+        predictor: EarlyExitPredictor,
+        max_batch_size: int = 8,
+        batch_timeout: float = 0.01,
+        api_path: str = "/predict",
+    ) -> None:
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path)
         self.predictor = predictor
         # one server batch must be one predictor batch, so the samples in it exit together
         predictor.batch_size = max(predictor.batch_size, max_batch_size)
@@ -95,21 +101,26 @@ def early_exit_api(predictor: EarlyExitPredictor, max_batch_size: int, batch_tim
     return api(predictor, max_batch_size=max_batch_size, batch_timeout=batch_timeout)
 
 
-def _one_line_reason(request_model: type[TextRequest]) -> Any:
-    expected = "{" + ", ".join(f'"{name}": "..."' for name in request_model.model_fields) + "}"
+def _one_line_reason(apis: Sequence[EarlyExitAPI]) -> Any:
+    """The handler of malformed requests: 400 with the first problem and the body expected."""
+    expected = {
+        api.api_path: "{" + ", ".join(f'"{name}": "..."' for name in api.request_model.model_fields) + "}"
+        for api in apis
+    }
 
     async def handler(request: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0]
         field = ".".join(str(part) for part in first["loc"] if part != "body")
         reason = "body is not JSON" if first["type"] == "json_invalid" else f"{field or 'body'}: {first['msg']}"
-        return JSONResponse({"detail": f"{reason}; expected JSON {expected}"}, status_code=400)
+        hint = f"; expected JSON {expected[request.url.path]}" if request.url.path in expected else ""
+        return JSONResponse({"detail": reason + hint}, status_code=400)
 
     return handler
 
 
-def build_server(api: EarlyExitAPI, workers: int = 1, timeout: float = 30) -> ls.LitServer:
-    """A LitServer for `api` on CPU with `workers` inference processes; malformed requests get
-    400 with a one-line reason."""
-    server = ls.LitServer(api, accelerator="cpu", workers_per_device=workers, timeout=timeout)
-    server.app.add_exception_handler(RequestValidationError, _one_line_reason(api.request_model))
+def build_server(*apis: EarlyExitAPI, workers: int = 1, timeout: float = 30) -> ls.LitServer:
+    """A LitServer for `apis` (each at its own `api_path`) on CPU with `workers` inference
+    processes per API; malformed requests get 400 with a one-line reason."""
+    server = ls.LitServer(list(apis), accelerator="cpu", workers_per_device=workers, timeout=timeout)
+    server.app.add_exception_handler(RequestValidationError, _one_line_reason(apis))
     return server
