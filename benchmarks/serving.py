@@ -1,9 +1,9 @@
 """Early exit under load: `mode=serve`'s LitServe server on 127.0.0.1, a fixed number of requests.
 
-python -m benchmarks.serving RUN_DIR > benchmarks/serving.md
+python -m benchmarks.serving CHECKPOINT > benchmarks/serving.md
 
-RUN_DIR is a trained SST-2 run (`checkpoints/last.ckpt` and the sweep's `thresholds.json`,
-e.g. `python run.py experiment=quickstart`). One LitServer holds five APIs, each with its own
+CHECKPOINT is a trained SST-2 run's checkpoint, its sweep's `thresholds.json` in the run folder
+(e.g. from `python run.py experiment=quickstart`). One LitServer holds five APIs, each with its own
 inference process and the same dynamic batching (`--max-batch-size`, `--batch-timeout`):
 - `/full`: the early-exit predictor that never exits (every layer and every exit head);
 - `/sr1.5`, `/sr2`, `/sr3`: the predictor with `--rule` at the thresholds.json threshold for
@@ -69,7 +69,7 @@ class AnchorAPI(EarlyExitAPI):
 
 def serve(args: argparse.Namespace) -> None:
     """The server process: every variant at its own path."""
-    checkpoint = args.run_dir / "checkpoints" / "last.ckpt"
+    checkpoint = args.checkpoint
     module = MultiExitModule.from_checkpoint(checkpoint)
 
     def predictor(threshold: float) -> EarlyExitPredictor:
@@ -131,7 +131,7 @@ def wait_for_health(base: str, server: subprocess.Popen) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--rule", default="entropy")
     parser.add_argument("--glue-dir", type=Path, default=Path("../shared/data/glue"))
     parser.add_argument("--requests", type=int, default=256)
@@ -145,7 +145,7 @@ def main() -> None:
     if args.serve:
         return serve(args)
 
-    predictor = EarlyExitPredictor.from_checkpoint(args.run_dir / "checkpoints" / "last.ckpt", args.rule, 0.5)
+    predictor = EarlyExitPredictor.from_checkpoint(args.checkpoint, args.rule, 0.5)
     sentences = [e.texts[0] for e in load_split(predictor.task, "validation", args.glue_dir, "local")]
     bodies = [json.dumps({"text": sentences[i % len(sentences)]}).encode() for i in range(args.requests)]
     variants = ["anchor", "full", *(f"sr{t:g}" for t in TARGETS)]
@@ -177,7 +177,8 @@ def main() -> None:
     print("  and the load generator runs on the same 2 cores as the server: compare rows, not absolute numbers.")
     print(f"- Date: {datetime.date.today().isoformat()}")
     print(
-        f"- Run: `{args.run_dir}` ({predictor.task.name}, {backbone}, {num_layers} layers); rule `{args.rule}`; "
+        f"- Checkpoint: `{args.checkpoint}` ({predictor.task.name}, {backbone}, {num_layers} layers); "
+        f"rule `{args.rule}`; "
         f"{args.requests} requests (SST-2 dev sentences, max {args.max_seq_length} tokens) per cell and round, "
         f"{args.repeats} rounds, variants interleaved; dynamic batching max_batch_size={args.max_batch_size}, "
         f"batch_timeout={args.batch_timeout} s; one inference process per variant, 127.0.0.1.\n"
