@@ -21,6 +21,8 @@ import copy
 import datetime
 import http.client
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -28,7 +30,6 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import AutoModelForSequenceClassification
@@ -48,11 +49,10 @@ CONCURRENCY = (1, 8, 32)
 class AnchorAPI(EarlyExitAPI):
     """The same API answered by a plain full-depth Hugging Face classifier."""
 
-    def __init__(self, predictor: EarlyExitPredictor, **kwargs: Any) -> None:
-        super().__init__(predictor, **kwargs)
-        encoder = predictor.model.backbone.encoder
+    def setup(self, device: str) -> None:
+        encoder = self.predictor.model.backbone.encoder
         config = copy.deepcopy(encoder.config)
-        config.num_labels = predictor.task.num_outputs
+        config.num_labels = self.predictor.task.num_outputs
         self.classifier = AutoModelForSequenceClassification.from_config(config).eval()
         getattr(self.classifier, self.classifier.base_model_prefix).load_state_dict(encoder.state_dict(), strict=False)
 
@@ -150,7 +150,8 @@ def main() -> None:
     bodies = [json.dumps({"text": sentences[i % len(sentences)]}).encode() for i in range(args.requests)]
     variants = ["anchor", "full", *(f"sr{t:g}" for t in TARGETS)]
     base = f"http://127.0.0.1:{args.port}"
-    server = subprocess.Popen([sys.executable, "-m", "benchmarks.serving", *sys.argv[1:], "--serve"])
+    command = [sys.executable, "-m", "benchmarks.serving", *sys.argv[1:], "--serve"]
+    server = subprocess.Popen(command, start_new_session=True)
     try:
         wait_for_health(base, server)
         for variant in variants:  # warm-up
@@ -165,8 +166,8 @@ def main() -> None:
                     latencies[variant, concurrency] += seconds
                     rates[variant, concurrency].append(rate)
                     layers[variant] = exits
-    finally:
-        server.terminate()
+    finally:  # LitServe's processes (HTTP servers, inference workers) are all in the server's group
+        os.killpg(server.pid, signal.SIGKILL)
         server.wait()
 
     num_layers, backbone = predictor.model.num_layers, predictor.model.backbone.config.name_or_path or "?"
