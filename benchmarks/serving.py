@@ -200,6 +200,14 @@ def main() -> None:
                 f"| {rate / anchor[c]:.2f} |"
             )
 
+    anchor_p99, sr2_p99 = (1000 * percentile(latencies[v, 8], 99) for v in ("anchor", "sr2"))
+    gain = statistics.median(rates["sr2", 8]) / anchor[8]
+    met = "met" if gain >= 1.8 and sr2_p99 <= anchor_p99 else "not met"
+    print(
+        f"\nGoal (at 2×, concurrency 8: ≥ 1.8× the anchor's req/s with its p99 or better): **{met}** — "
+        f"{gain:.2f}× the req/s, p99 {sr2_p99:.0f} ms against the anchor's {anchor_p99:.0f} ms."
+    )
+
 
 if __name__ == "__main__":
     main()
