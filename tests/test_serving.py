@@ -151,3 +151,16 @@ def test_single_text_task_refuses_a_pair():
     response = client.post("/predict", json={"text": "a", "text_pair": "b"})
     assert response.status_code == 400
     assert response.json()["detail"] == 'text_pair: Extra inputs are not permitted; expected JSON {"text": "..."}'
+
+
+def test_regression_task_answers_the_value():
+    module = make_module("stsb", tiny_backbone(layers=2))
+    predictor = EarlyExitPredictor(module.model, module.tokenizer, module.task, "patience", 2.0, {"delta": 0.1})
+    api = early_exit_api(predictor, max_batch_size=4, batch_timeout=0.01)
+    [answer] = api.predict([("A man sleeps.", "Someone rests.")])
+    expected = predictor.predict([("A man sleeps.", "Someone rests.")])
+    assert answer == {
+        "value": pytest.approx(float(expected.prediction[0])),
+        "exit_layer": int(expected.exit_layer[0]),
+        "speedup": 2 / int(expected.exit_layer[0]),
+    }
