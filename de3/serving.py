@@ -111,7 +111,13 @@ def _one_line_reason(apis: Sequence[EarlyExitAPI]) -> Any:
     async def handler(request: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0]
         field = ".".join(str(part) for part in first["loc"] if part != "body")
-        reason = "body is not JSON" if first["type"] == "json_invalid" else f"{field or 'body'}: {first['msg']}"
+        content_type = request.headers.get("content-type", "application/json")
+        if "json" not in content_type:
+            reason = f"Content-Type is {content_type!r}, not application/json"
+        elif first["type"] == "json_invalid":
+            reason = "body is not JSON"
+        else:
+            reason = f"{field or 'body'}: {first['msg']}"
         hint = f"; expected JSON {expected[request.url.path]}" if request.url.path in expected else ""
         return JSONResponse({"detail": reason + hint}, status_code=400)
 

@@ -151,6 +151,9 @@ def test_single_text_task_refuses_a_pair():
     response = client.post("/predict", json={"text": "a", "text_pair": "b"})
     assert response.status_code == 400
     assert response.json()["detail"] == 'text_pair: Extra inputs are not permitted; expected JSON {"text": "..."}'
+    response = client.post("/predict", data={"text": "a"})  # a form, as `curl -d` sends without a Content-Type
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("Content-Type is 'application/x-www-form-urlencoded', not")
 
 
 def test_regression_task_answers_the_value():
