@@ -1,6 +1,6 @@
 """The jobs behind `run.py`: `train` (fit, then evaluate and sweep the best checkpoint),
-`sweep` (evaluate and sweep an existing checkpoint) and `predict` (real early exit, with the
-predictor `build_predictor` makes — serving uses the same)."""
+`sweep` (evaluate and sweep an existing checkpoint), `predict` (real early exit, with the
+predictor `build_predictor` makes) and `serve` (the same predictor behind HTTP)."""
 
 from __future__ import annotations
 
@@ -276,7 +276,26 @@ def predict(cfg: DictConfig) -> float:
     return speedup
 
 
-JOBS = {"train": train, "sweep": sweep, "predict": predict}
+def serve(cfg: DictConfig) -> None:
+    """Serve `build_predictor(cfg)` on LitServe until stopped: `POST /predict`, `GET /health`."""
+    from de3.serving import build_server, early_exit_api  # LitServe loads only for this mode
+
+    settings = cfg.serve
+    predictor = build_predictor(cfg)
+    api = early_exit_api(predictor, settings.max_batch_size, settings.batch_timeout)
+    log.info(
+        "serving %s (rule %s, threshold %.6g) on http://%s:%d/predict",
+        predictor.task.name,
+        predictor.rule.name,
+        predictor.threshold,
+        settings.host,
+        settings.port,
+    )
+    server = build_server(api, workers=settings.workers, timeout=settings.timeout)
+    server.run(host=settings.host, port=settings.port, generate_client_file=False)
+
+
+JOBS = {"train": train, "sweep": sweep, "predict": predict, "serve": serve}
 
 
 def require_hub_inputs(cfg: DictConfig) -> None:
@@ -289,7 +308,7 @@ def require_hub_inputs(cfg: DictConfig) -> None:
         raise De3Error(f"{len(missing)} input(s) missing: " + "; ".join(missing))
 
 
-def run(cfg: DictConfig) -> float:
+def run(cfg: DictConfig) -> float | None:
     """Dispatch on `cfg.mode`, once the exit settings are known to be valid (a misspelt rule or
     a patience of 0 fails now, not after hours of training)."""
     if cfg.mode not in JOBS:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from de3.data.sampling import LengthSortedSampler
 from de3.data.tasks import TaskSpec
 from de3.errors import De3Error
 from de3.metrics import predictions
@@ -183,16 +184,21 @@ class EarlyExitPredictor:
         return [{key: encoded[key][i] for key in encoded} for i in range(len(pairs))]
 
     def predict(self, texts: Sequence[str | Sequence[str]]) -> ExitPrediction:
-        """Early-exit predictions for raw texts, in batches of `batch_size`."""
+        """Early-exit predictions for raw texts (in their order), in batches of `batch_size`
+        formed longest first, as the evaluation loader forms them: little padding, and on a
+        split the very batches the sweep's exit cache came from, so its thresholds mean the
+        same here to the last bit."""
         features = self.tokenize(texts)
+        order = LengthSortedSampler([len(f["input_ids"]) for f in features]).order
         parts = []
         for start in range(0, len(features), self.batch_size):
-            batch = self.collate(features[start : start + self.batch_size])
+            batch = self.collate([features[i] for i in order[start : start + self.batch_size]])
             parts.append(self.predict_batch(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")))
-        probability = None if parts[0].probability is None else torch.cat([p.probability for p in parts])
+        restore = torch.tensor(order).argsort()
+        probability = None if parts[0].probability is None else torch.cat([p.probability for p in parts])[restore]
         return ExitPrediction(
-            torch.cat([p.exit_layer for p in parts]),
-            torch.cat([p.logits for p in parts]),
-            torch.cat([p.prediction for p in parts]),
+            torch.cat([p.exit_layer for p in parts])[restore],
+            torch.cat([p.logits for p in parts])[restore],
+            torch.cat([p.prediction for p in parts])[restore],
             probability,
         )
