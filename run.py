@@ -8,7 +8,6 @@ from omegaconf import DictConfig
 
 import de3  # noqa: F401  (registers the config resolvers)
 from de3.errors import find_user_error
-from de3.jobs import run
 
 log = logging.getLogger("de3")
 
@@ -24,6 +23,8 @@ def _finish_wandb(failed: bool) -> None:
 def main(cfg: DictConfig) -> float:
     failed = True
     try:
+        from de3.jobs import run  # PyTorch and Lightning load only once Hydra accepted the command line
+
         score = run(cfg)
         failed = False
         return score

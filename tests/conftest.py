@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -22,6 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 GLUE_DIR = SHARED / "data" / "glue"
 MINILM_DIR = SHARED / "models" / "all-MiniLM-L6-v2"
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: a thread per worker (and its subprocesses), not 2 each
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 needs_glue = pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"real GLUE data not found at {GLUE_DIR}")
 needs_minilm = pytest.mark.skipif(not MINILM_DIR.is_dir(), reason=f"all-MiniLM-L6-v2 not found at {MINILM_DIR}")
