@@ -18,6 +18,7 @@ each thread on its own keep-alive connection. The variants take turns within eac
 """
 
 import argparse
+import contextlib
 import copy
 import datetime
 import http.client
@@ -87,7 +88,8 @@ def serve(args: argparse.Namespace) -> None:
         )
 
     batching = {"max_batch_size": args.max_batch_size, "batch_timeout": args.batch_timeout}
-    never = predictor(float("inf") if RULES[args.rule].counts else float("-inf"))
+    # a threshold no sample reaches: more layers of patience than there are, or below every indicator
+    never = predictor(module.model.num_layers + 1 if RULES[args.rule].counts else -sys.float_info.max)
     apis = [AnchorAPI(never, api_path="/anchor", **batching), EarlyExitAPI(never, api_path="/full", **batching)]
     for target in TARGETS:
         apis.append(EarlyExitAPI(predictor(settings[target].threshold), api_path=f"/sr{target:g}", **batching))
@@ -176,7 +178,8 @@ def main() -> None:
                     rates[variant, concurrency].append(rate)
                     layers[variant] = exits
     finally:  # LitServe's processes (HTTP servers, inference workers) are all in the server's group
-        os.killpg(server.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already
+            os.killpg(server.pid, signal.SIGKILL)
         server.wait()
 
     num_layers, backbone = predictor.model.num_layers, predictor.model.backbone.config.name_or_path or "?"

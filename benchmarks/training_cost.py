@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import statistics
 import subprocess
 import sys
@@ -194,20 +195,16 @@ END_TO_END = (
 
 def end_to_end_rows(repos: list[Path], train_limit: int, out: Path) -> list[str]:
     """Markdown rows: wall time of one whole `run.py` run (train, evaluate, sweep) per checkout,
-    all checkouts started at once so that they share the machine's load alike."""
+    one after another (on an otherwise idle machine, each has it to itself)."""
     out.mkdir(parents=True, exist_ok=True)
-    started, running, seconds = time.perf_counter(), {}, {}
+    seconds = {}
     for repo in repos:
         command = [*RUN, *END_TO_END, f"data.train_limit={train_limit}", f"hydra.run.dir={out / repo.name}"]
+        started = time.perf_counter()
         with open(out / f"{repo.name}.log", "w") as log:
-            running[repo] = subprocess.Popen(command, cwd=repo, stdout=log, stderr=subprocess.STDOUT)
-    while len(seconds) < len(running):
-        time.sleep(1)
-        for repo, process in running.items():
-            if repo not in seconds and process.poll() is not None:
-                if process.returncode != 0:
-                    raise SystemExit(f"{repo}: run failed, see {out / repo.name}.log")
-                seconds[repo] = time.perf_counter() - started
+            if subprocess.run(command, cwd=repo, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+                raise SystemExit(f"{repo}: run failed, see {out / repo.name}.log")
+        seconds[repo] = time.perf_counter() - started
     rows = []
     for repo in repos:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
@@ -230,8 +227,8 @@ def main() -> None:
     args = parser.parse_args()
     print("# Training cost: step time per scheme, and padding\n")
     print(f"Command: `python -m benchmarks.training_cost {' '.join(sys.argv[1:])}`  ")
-    print(f"Machine: {machine()}; 2-core CPU, shared with parallel work (timings are noisy)  ")
-    print(f"Date: {datetime.date(2026, 11, 22)}\n")
+    print(f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f} at the start  ")
+    print(f"Date: {datetime.date.today().isoformat()}\n")
     if not args.skip_padding:
         print("## Padding removed by length-grouped batches (all-MiniLM-L6-v2 tokenizer, batch 32)\n")
         print("Real tokens / padded tokens; train: one epoch, plain shuffle vs length-grouped (mega-batches")
