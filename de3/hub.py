@@ -64,14 +64,14 @@ def missing_hub_inputs(
     backbone: Mapping[str, Any], task: TaskSpec, splits: Iterable[str], data_dir: str | None, source: str
 ) -> list[str]:
     """What a run of `backbone` on `splits` of `task` cannot get while the hub is unreachable,
-    one line each with how to provide it. Empty when everything is local (in a directory or a
-    Hugging Face cache) or the hub answers; the hub is probed only when something is not in a
-    local directory, and offline mode is then switched on (`hub_unreachable`)."""
+    one line each with how to provide it (a split held out of the training file needs only that
+    file). Empty when everything is local (in a directory or a Hugging Face cache) or the hub
+    answers; the hub is probed only when something is not in a local directory, and offline
+    mode is then switched on (`hub_unreachable`)."""
     path = None if backbone.get("random_init") else backbone.get("path")
     model_remote = path is not None and not looks_like_path(path) and not os.path.isdir(os.path.expanduser(path))
-    absent = [
-        str(f) for f in (local_path(task, split, data_dir) for split in splits) if source == "hub" or not f.is_file()
-    ]
+    files = [local_path(task, split, data_dir) for split in splits if split not in task.local.held_out]
+    absent = [str(f) for f in files if source == "hub" or not f.is_file()]
     data_remote = bool(absent) and source != "local" and task.hub is not None
     if not (model_remote or data_remote):
         return []

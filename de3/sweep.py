@@ -112,6 +112,27 @@ def sweep_split(
     return rows
 
 
+def sweep_splits(
+    caches: Mapping[str, ExitCache],
+    task: TaskSpec,
+    rules: Mapping[str, Mapping[str, Any]],
+    flops: FlopsModel | None,
+    num_thresholds: int = 60,
+    extra_thresholds: Mapping[str, Sequence[float]] | None = None,
+) -> list[Row]:
+    """`sweep_split` on every split: the first at its own thresholds, every other split at its
+    own and at the first split's (so that thresholds chosen on the first can be scored there,
+    `add_deployed_readings`)."""
+    first, *others = caches
+    extra = {k: list(v) for k, v in (extra_thresholds or {}).items()}
+    rows = sweep_split(first, caches[first], task, rules, flops, num_thresholds, extra)
+    for row in rows:
+        extra.setdefault(row["rule"], []).append(row["threshold"])
+    for split in others:
+        rows += sweep_split(split, caches[split], task, rules, flops, num_thresholds, extra)
+    return rows
+
+
 def full_depth_scores(task: TaskSpec, cache: ExitCache) -> dict[str, float]:
     """The last exit's scores: the model with early exit switched off."""
     return score(task, predictions(cache.logits[-1], task.is_regression), cache.labels)
@@ -201,6 +222,30 @@ def summarize(rows: list[Row], metric: str, targets: Sequence[float]) -> dict[st
     return summary
 
 
+def add_deployed_readings(summary: dict[str, dict[str, Any]], rows: list[Row], metric: str) -> None:
+    """Score the thresholds chosen on the first split (the deployed ones, `thresholds.json`)
+    on every other split: per rule and target, `summary[split]["rules"][rule]["deployed"]`
+    holds that threshold, the speed-up it reaches on this split and its score there. With a
+    calibration split first, this is the calibrated reading of dev; the split's own `targets`
+    (thresholds chosen on itself) are the oracle reading. Each other split must have been swept
+    at the first split's thresholds too (`sweep_split`'s `extra_thresholds`)."""
+    deploy_split, *other_splits = summary
+    at = {(r["split"], r["rule"], r["threshold"]): r for r in rows}
+    for split in other_splits:
+        for rule, entry in summary[split]["rules"].items():
+            chosen = summary[deploy_split]["rules"].get(rule, {}).get("targets", {})
+            entry["deployed"] = {
+                target: None
+                if point is None
+                else {
+                    "threshold": point["threshold"],
+                    "speedup": at[split, rule, point["threshold"]]["speedup"],
+                    metric: at[split, rule, point["threshold"]][metric],
+                }
+                for target, point in chosen.items()
+            }
+
+
 def summary_markdown(
     summary: dict[str, dict[str, Any]],
     metric: str,
@@ -237,7 +282,32 @@ def summary_markdown(
             params = ", ".join(f"{k}={v}" for k, v in entry["params"].items()) or "—"
             lines.append(f"| {rule} | {params} | " + " | ".join(cells) + f" | {auc} |")
         lines.append("")
+        lines += _deployed_markdown(split, info, metric, targets, deploy_split=next(iter(summary)))
     return "\n".join(lines)
+
+
+def _deployed_markdown(
+    split: str, info: dict[str, Any], metric: str, targets: Sequence[float], deploy_split: str
+) -> list[str]:
+    deployed = {rule: entry["deployed"] for rule, entry in info["rules"].items() if "deployed" in entry}
+    if not deployed:
+        return []
+    lines = [
+        f"### {split} at the thresholds chosen on {deploy_split} (deployed, `thresholds.json`)",
+        "",
+        f"{metric} ×100, with the speed-up reached on {split} in brackets: what deploying the "
+        f"threshold that reached each target on {deploy_split} gives here.",
+        "",
+        "| rule | " + " | ".join(f"{t}×" for t in targets) + " |",
+        "|---|" + "---:|" * len(targets),
+    ]
+    for rule, points in deployed.items():
+        cells = [
+            "—" if point is None else f"{100 * point[metric]:.2f} ({point['speedup']:.2f}×)"
+            for point in (points.get(str(t)) for t in targets)
+        ]
+        lines.append(f"| {rule} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def plot_sweep(

@@ -28,6 +28,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: a thread per worker 
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
+# The fake GLUE files hold 24 training rows, too few for the default calibration split (at least
+# 300 rows): tests run without one unless they ask for it (tests/test_calibration.py does).
+NO_CALIBRATION = "task.calibration_fraction=null"
+
 needs_glue = pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"real GLUE data not found at {GLUE_DIR}")
 needs_minilm = pytest.mark.skipif(not MINILM_DIR.is_dir(), reason=f"all-MiniLM-L6-v2 not found at {MINILM_DIR}")
 
@@ -52,10 +56,11 @@ def char_tokenizer():
 
 
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
-    """The real `conf/config.yaml` composed with `overrides`, its Hydra output dir set to `output_dir`."""
+    """The real `conf/config.yaml` composed with `overrides` (calibration split off unless they
+    set it), its Hydra output dir set to `output_dir`."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        cfg = compose("config", overrides=[NO_CALIBRATION, *overrides], return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.hydra.job.num = 0
@@ -88,10 +93,11 @@ def tiny_config(tmp_path: Path, glue_dir: Path):
 def run_cli(
     *args: str, cwd: Path, glue_dir: Path, timeout: int = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """`python run.py *args` as a user runs it, logs under `cwd`, on the fake GLUE files."""
+    """`python run.py *args` as a user runs it, logs under `cwd`, on the fake GLUE files (with no
+    calibration split unless `args` set one)."""
     env = {**os.environ, "DE3_GLUE_DIR": str(glue_dir), "WANDB_SILENT": "true", **(env or {})}
     return subprocess.run(
-        [sys.executable, str(REPO / "run.py"), *args, f"paths.log_dir={cwd}"],
+        [sys.executable, str(REPO / "run.py"), NO_CALIBRATION, *args, f"paths.log_dir={cwd}"],
         capture_output=True,
         text=True,
         cwd=cwd,

@@ -55,7 +55,8 @@ def test_train_without_hub_fails_at_once_naming_model_and_data(online, tmp_path)
     online.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     online.setenv("HF_HOME", str(tmp_path / "hf"))  # nothing cached
     online.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    cfg = compose_config(["task=mnli", "backbone=roberta", f"data.data_dir={tmp_path / 'nothing'}"], tmp_path)
+    overrides = ["task=mnli", "backbone=roberta", f"data.data_dir={tmp_path / 'nothing'}"]
+    cfg = compose_config([*overrides, "task.calibration_fraction=0.1"], tmp_path)  # the default: cut from train
     with pytest.raises(De3Error) as info:
         run(cfg)
     message = str(info.value)

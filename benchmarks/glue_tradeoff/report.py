@@ -1,10 +1,13 @@
-"""RESULTS.md and the curves of the GLUE trade-off benchmark, from the runs' folders.
+"""RESULTS.md and the curves of the GLUE trade-off benchmark, from the runs' kept outputs.
 
-python -m benchmarks.glue_tradeoff.report [--out logs/glue_tradeoff]
+python -m benchmarks.glue_tradeoff.report [--runs benchmarks/glue_tradeoff/runs]
 
-Reads every finished run under `--out` (see `run.py` here), scores each method with its own
-exit rule (regression tasks: patience, the only rule for them) at the target speed-ups, and
-averages over seeds. Cells say how many seeds they hold; runs not finished yet are left out.
+Reads every finished run's text outputs (`results.json`, `sweep.csv`, `edr_lambda.csv`; see
+`run.py` here) and scores each method with its own exit rule (regression tasks: patience, the
+only rule for them) at the target speed-ups, two ways: *calibrated* (the headline: the
+threshold chosen on the calibration split, scored once on dev, with the speed-up it reached
+there) and *oracle on dev* (dev's own Pareto frontier read at the target, as papers report).
+Cells average over seeds and say how many they hold; runs not finished yet are left out.
 """
 
 from __future__ import annotations
@@ -24,32 +27,44 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.glue_tradeoff.run import (  # noqa: E402
-    BUDGET,
-    DEFAULT_OUT,
     EPOCHS,
+    KEPT_RUNS,
+    LAMBDA_FILE,
+    LAMBDAS,
     METHODS,
     SEEDS,
     TASKS,
     TRAINED_AS,
     TWO_STAGE,
     applicable,
+    budget,
+    seeds_of,
 )
 from benchmarks.per_exit_table import machine  # noqa: E402
 from de3.data.tasks import GLUE_TASKS  # noqa: E402
-from de3.exit_cache import load_exit_caches  # noqa: E402
-from de3.sweep import frontier_score, sweep_split  # noqa: E402
+from de3.sweep import frontier_score, reaching  # noqa: E402
 from de3.utils.io import atomic_path, write_text_atomic  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FINDINGS = HERE / "findings.md"  # the hand-written reading of the tables, placed above them
 TARGETS = (1.5, 2.0, 3.0)
 RULE_ORDER = ("edr", "dr", "entropy", "maxprob", "patience", "pcee", "dge")
-LAMBDAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 16.0)  # EDR's λ: 0 is entropy alone, λ → ∞ is DR alone
+
+
+def read_sweep_csv(path: Path) -> list[dict]:
+    """`sweep.csv` (or `edr_lambda.csv`) rows with their numbers as floats."""
+    with open(path, newline="") as handle:
+        return [
+            {k: (v if k in ("split", "rule", "params") else float(v)) for k, v in row.items()}
+            for row in csv.DictReader(handle)
+        ]
 
 
 @dataclass
 class Run:
-    """One finished (task, method, seed) run: its sweep points on the first eval split."""
+    """One finished (task, method, seed) run: its sweep points on dev (`rows`) and on the split
+    its thresholds were chosen on (`chosen_rows`, `chosen_on`: the calibration split; dev
+    itself in runs made without one)."""
 
     task: str
     method: str
@@ -57,16 +72,42 @@ class Run:
     rule: str
     full_depth: float
     rows: list[dict]
+    chosen_rows: list[dict]
+    chosen_on: str
     wall_time_s: float
     commit: str | None
     folder: Path
 
+    @property
+    def metric(self) -> str:
+        return GLUE_TASKS[self.task].main_metric
+
     def points(self, rule: str | None = None) -> list[tuple[float, float]]:
-        metric = GLUE_TASKS[self.task].main_metric
-        return [(r["speedup"], r[metric]) for r in self.rows if r["rule"] == (rule or self.rule)]
+        return [(r["speedup"], r[self.metric]) for r in self.rows if r["rule"] == (rule or self.rule)]
 
     def score_at(self, target: float, rule: str | None = None) -> float | None:
+        """Oracle on dev: dev's own Pareto frontier read at `target` (interpolated)."""
         return frontier_score(self.points(rule), target)[0]
+
+    def calibrated_at(self, target: float, rule: str | None = None) -> tuple[float, float] | None:
+        """(dev score, dev speed-up) at the threshold that reached `target` on the calibration
+        split; None where the rule never got that fast there."""
+        return calibrated_reading(self.chosen_rows, self.rows, rule or self.rule, target, self.metric)
+
+
+def calibrated_reading(
+    chosen_rows: list[dict], dev_rows: list[dict], rule: str, target: float, metric: str, params: str | None = None
+) -> tuple[float, float] | None:
+    """Dev's (score, speed-up) at the slowest threshold reaching `target` on the other split."""
+
+    def of(rows: list[dict]) -> list[dict]:
+        return [r for r in rows if r["rule"] == rule and (params is None or r["params"] == params)]
+
+    point = reaching(of(chosen_rows), target)
+    if point is None:
+        return None
+    row = next(r for r in of(dev_rows) if r["threshold"] == point["threshold"])
+    return row[metric], row["speedup"]
 
 
 def load_run(folder: Path, method: str) -> Run | None:
@@ -75,21 +116,18 @@ def load_run(folder: Path, method: str) -> Run | None:
         return None
     results = json.loads((folder / "results.json").read_text())
     spec = GLUE_TASKS[results["task"]]
-    split = spec.eval_splits[0]
-    with open(folder / "sweep.csv", newline="") as handle:
-        rows = [
-            {k: (v if k in ("split", "rule", "params") else float(v)) for k, v in row.items()}
-            for row in csv.DictReader(handle)
-            if row["split"] == split
-        ]
+    dev, chosen_on = spec.eval_splits[0], next(iter(results["scores"]))
+    rows = read_sweep_csv(folder / "sweep.csv")
     config = results["config"]
     return Run(
         task=spec.name,
         method=method,
         seed=int(config["seed"]),
         rule="patience" if spec.is_regression else config["exit"]["rule"],
-        full_depth=results["scores"][split][spec.main_metric][-1],
-        rows=rows,
+        full_depth=results["scores"][dev][spec.main_metric][-1],
+        rows=[r for r in rows if r["split"] == dev],
+        chosen_rows=[r for r in rows if r["split"] == chosen_on],
+        chosen_on=chosen_on,
         wall_time_s=results["wall_time_s"],
         commit=results.get("git_commit"),
         folder=folder,
@@ -132,11 +170,26 @@ def mean_std(values: list[float]) -> str:
 
 
 def cell(runs: list[Run], target: float | None, rule: str | None = None) -> tuple[str, float | None]:
-    """A table cell over seeds, and its mean (None when some seed never reaches the target)."""
+    """An oracle (or, with `target` None, full-depth) cell over seeds, and its mean (None when
+    some seed never reaches the target)."""
     values = [r.full_depth if target is None else r.score_at(target, rule) for r in runs]
     if not values or any(v is None for v in values):
         return ("not reached" if values else "—"), None
     return mean_std(values), statistics.fmean(values)
+
+
+def calibrated_cell(readings: list[tuple[float, float] | None]) -> tuple[str, float | None]:
+    """A calibrated cell over seeds: dev score as `mean_std`, then the mean dev speed-up reached
+    (range over seeds); "not reached" when some seed's threshold never got that fast."""
+    if not readings or any(r is None for r in readings):
+        return ("not reached" if readings else "—"), None
+    scores, speedups = [s for s, _ in readings], [v for _, v in readings]
+    spread = f", {min(speedups):.2f}–{max(speedups):.2f}" if len(speedups) > 1 else ""
+    return f"{mean_std(scores)} @ {statistics.fmean(speedups):.2f}×{spread}", statistics.fmean(scores)
+
+
+def calibrated(runs: list[Run], target: float, rule: str | None = None) -> tuple[str, float | None]:
+    return calibrated_cell([r.calibrated_at(target, rule) for r in runs])
 
 
 def plot_task(task: str, by_method: dict[str, list[Run]], path: Path) -> None:
@@ -161,9 +214,23 @@ def plot_task(task: str, by_method: dict[str, list[Run]], path: Path) -> None:
         ax.fill_between(
             xs, [m - d for m, d in zip(means, stds)], [m + d for m, d in zip(means, stds)], color=colour, alpha=0.15
         )
-    ax.set_xlabel("speed-up ratio (L·N / Σ exit layers)")
-    ax.set_ylabel(f"{metric} ×100 (Pareto frontier, interpolated)")
-    ax.set_title(f"{task}: each method with its own exit rule (mean ± std over seeds)")
+        for target in TARGETS:  # calibrated: where the thresholds chosen on calibration land on dev
+            readings = [r.calibrated_at(target) for r in runs]
+            if all(readings):
+                ax.plot(
+                    statistics.fmean(v for _, v in readings),
+                    100 * statistics.fmean(s for s, _ in readings),
+                    "o",
+                    color=colour,
+                    markeredgecolor="black",
+                )
+    ax.set_xlabel("speed-up ratio on dev (L·N / Σ exit layers)")
+    ax.set_ylabel(f"{metric} ×100")
+    ax.set_title(
+        f"{task}: oracle on dev (lines: Pareto frontier, mean ± std over seeds)\n"
+        f"and calibrated (dots: thresholds chosen on calibration for {', '.join(f'{t}×' for t in TARGETS)})",
+        fontsize=10,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -179,7 +246,8 @@ def report(runs: list[Run], sensitivity: dict[str, dict[str, list[Run]]], comman
         by_task[run.task][run.method].append(run)
     tasks = [t for t in TASKS if t in by_task]
     commits = sorted({r.commit or "unknown" for r in runs})
-    planned = sum(applicable(t, m) for t in TASKS for m in METHODS) * len(SEEDS)
+    chosen_on = sorted({r.chosen_on for r in runs})
+    planned = sum(applicable(t, m) * len(seeds_of(t, SEEDS)) for t in TASKS for m in METHODS)
     lines = [
         "# Speed–accuracy trade-off of every method on GLUE (MiniLM, CPU)",
         "",
@@ -187,22 +255,22 @@ def report(runs: list[Run], sensitivity: dict[str, dict[str, list[Run]]], comman
         f"- Machine: {machine()}",
         f"- Date: {datetime.date.today().isoformat()}",
         f"- Runs: {len(runs)} of {planned} finished; total wall time {sum(r.wall_time_s for r in runs) / 3600:.1f} h "
-        "(training + evaluation + sweep, per run)",
+        "(training + evaluation + sweep, per run); their text outputs are in `runs/`",
         f"- Code: git {', '.join(c[:12] for c in commits)}",
-        f"- Budget (every run): `{' '.join(BUDGET)} trainer.max_epochs={EPOCHS}`: a seeded 1,000-example "
-        "slice of each training set, so scores sit below full-data numbers; dev splits are complete. "
-        f"{' and '.join(TWO_STAGE)} train {2 * EPOCHS} epochs: stage 1 fine-tunes backbone + final exit for "
+        *(f"- Budget ({task}): `{' '.join(budget(task))} trainer.max_epochs={EPOCHS}`" for task in tasks),
+        f"- {' and '.join(TWO_STAGE)} train {2 * EPOCHS} epochs: stage 1 fine-tunes backbone + final exit for "
         f"the same {EPOCHS} epochs as everyone, stage 2 trains the internal exits for {EPOCHS} more with the "
         "backbone frozen (their papers' protocol).",
-        "- Scores ×100 on the dev split, mean ± std over seeds (n seeds in brackets). At a target "
-        "speed-up: the rule's Pareto frontier read at the target, interpolated linearly between the two "
-        "Pareto points around it (`de3.sweep.frontier_score`; the curves use the same reading), each method "
-        'with its own exit rule. "not reached": some seed\'s rule never got that fast.',
+        f"- Checkpoints and thresholds chosen on: {', '.join(chosen_on)}. **Calibrated** (the headline): the "
+        "threshold that reached the target on that split, scored once on dev, with the speed-up it reached on "
+        "dev (mean, then the range over seeds). **Oracle on dev** (what papers report): dev's own Pareto "
+        "frontier read at the target, interpolated linearly between the two Pareto points around it "
+        "(`de3.sweep.frontier_score`; the lines of the curves). Scores ×100, mean ± std over seeds (n seeds in "
+        'brackets), each method with its own exit rule. "not reached": some seed\'s rule never got that fast.',
         "- STS-B is regression: every method there exits by PABEE's regression patience (the only rule "
         "defined without classes), so its methods differ in training only; DE³ needs classes (n/a).",
         f"- {', '.join(f'{a} trains exactly as {b}' for a, b in TRAINED_AS.items())} (same scheme and seed, so "
-        "the same weights): runs made after this was noticed sweep that checkpoint with their own rule "
-        "instead of training it again.",
+        "the same weights): its runs sweep that checkpoint with their own rule instead of training it again.",
         "",
     ]
     if FINDINGS.is_file():
@@ -216,17 +284,24 @@ def report(runs: list[Run], sensitivity: dict[str, dict[str, list[Run]]], comman
             "",
             f"![{task}](curves_{task}.png)",
             "",
-            *table_header("method", "rule", "full depth", *(f"{t}×" for t in TARGETS), names=2),
+            *table_header(
+                "method",
+                "rule",
+                "full depth",
+                *(f"{t}× {kind}" for t in TARGETS for kind in ("calibrated", "oracle")),
+                names=2,
+            ),
         ]
         for method in METHODS:
             method_runs = by_task[task].get(method, [])
             if not applicable(task, method):
                 lines.append(
-                    f"| {method} | — | n/a: prototypes need classes | " + " | ".join("—" for _ in TARGETS) + " |"
+                    f"| {method} | — | n/a: prototypes need classes | " + " | ".join("—" for _ in TARGETS * 2) + " |"
                 )
                 continue
             rule = method_runs[0].rule if method_runs else "—"
-            cells = [cell(method_runs, None)[0]] + [cell(method_runs, t)[0] for t in TARGETS]
+            cells = [cell(method_runs, None)[0]]
+            cells += [c for t in TARGETS for c in (calibrated(method_runs, t)[0], cell(method_runs, t)[0])]
             lines.append(f"| {method} | {rule} | " + " | ".join(cells) + " |")
         lines.append("")
         plot_task(task, by_task[task], figures / f"curves_{task}.png")
@@ -238,36 +313,41 @@ def report(runs: list[Run], sensitivity: dict[str, dict[str, list[Run]]], comman
 
 
 def _main_table(by_task, tasks: list[str], target: float) -> list[str]:
-    """Methods × tasks at one speed-up, with the average over the classification tasks."""
+    """Methods × tasks at one speed-up, calibrated and oracle, with the average over the
+    classification tasks."""
     classification = [t for t in tasks if not GLUE_TASKS[t].is_regression]
-    lines = [
-        f"## All methods at {target}× speed-up",
-        "",
-        *table_header("method", *(f"{t} ({GLUE_TASKS[t].main_metric})" for t in tasks), "average (classification)"),
-    ]
-    for method in METHODS:
-        cells, means = [], []
-        for task in tasks:
-            text, mean = cell(by_task[task].get(method, []), target) if applicable(task, method) else ("n/a", None)
-            cells.append(text)
-            if task in classification:
-                means.append(mean)
-        average = f"{100 * statistics.fmean(means):.1f}" if means and all(m is not None for m in means) else "—"
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {average} |")
-    return lines + [""]
+    lines = []
+    for kind, reading in (("calibrated", calibrated), ("oracle on dev", cell)):
+        lines += [
+            f"## All methods at {target}× speed-up, {kind}",
+            "",
+            *table_header("method", *(f"{t} ({GLUE_TASKS[t].main_metric})" for t in tasks), "average (classification)"),
+        ]
+        for method in METHODS:
+            cells, means = [], []
+            for task in tasks:
+                runs = by_task[task].get(method, [])
+                text, mean = reading(runs, target) if applicable(task, method) else ("n/a", None)
+                cells.append(text)
+                if task in classification:
+                    means.append(mean)
+            average = f"{100 * statistics.fmean(means):.1f}" if means and all(m is not None for m in means) else "—"
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {average} |")
+        lines.append("")
+    return lines
 
 
 def _paired_against_de3(by_task, tasks: list[str]) -> list[str]:
     """de3 minus each baseline, seed by seed (same seed = same training slice and order)."""
     lines = section(
         "DE³ against each baseline, seed by seed",
-        "de3's score minus the baseline's on the same seed (×100, mean ± std over the seeds both have), "
-        "and on how many of those seeds de3 scored higher; each method with its own exit rule.",
+        "de3's calibrated dev score minus the baseline's on the same seed (×100, mean ± std over the seeds "
+        "both have), and on how many of those seeds de3 scored higher; each method with its own exit rule.",
     )
     classification = [t for t in tasks if not GLUE_TASKS[t].is_regression and by_task[t].get("de3")]
     for target in TARGETS:
-        by_seed = {  # (task, method) → seed → score at this target, each computed once
-            (task, method): {r.seed: r.score_at(target) for r in runs}
+        by_seed = {  # (task, method) → seed → calibrated dev score at this target, each computed once
+            (task, method): {r.seed: (r.calibrated_at(target) or (None,))[0] for r in runs}
             for task in classification
             for method, runs in by_task[task].items()
         }
@@ -293,7 +373,7 @@ def _rule_effect(by_task, tasks: list[str]) -> list[str]:
     """Every rule on the same de3-trained runs: the rule's effect apart from training's."""
     lines = section(
         "Rule effect: every exit rule on the same `experiment=de3` runs",
-        "Same checkpoints, so differences here come from the exit rule alone.",
+        "Same checkpoints, so differences here come from the exit rule alone. Calibrated readings.",
     )
     for task in tasks:
         runs = by_task[task].get("de3", [])
@@ -306,37 +386,43 @@ def _rule_effect(by_task, tasks: list[str]) -> list[str]:
             *table_header("rule", *(f"{t}×" for t in TARGETS)),
         ]
         for rule in rules:
-            lines.append(f"| {rule} | " + " | ".join(cell(runs, t, rule)[0] for t in TARGETS) + " |")
+            lines.append(f"| {rule} | " + " | ".join(calibrated(runs, t, rule)[0] for t in TARGETS) + " |")
         lines.append("")
     return lines
 
 
 def _lambda_sensitivity(by_task, tasks: list[str]) -> list[str]:
-    """EDR's λ re-simulated from the de3 runs' exit caches (no retraining: λ only enters the rule)."""
+    """EDR's λ re-simulated from the de3 runs' exit caches by the driver (`edr_lambda.csv`; no
+    retraining: λ only enters the rule)."""
     lines = section(
         "EDR's λ, re-simulated from the `experiment=de3` runs' exit caches",
-        "EDR = (λ + 1) / (λ/DR + 1/Entropy): λ = 0 is entropy alone, large λ approaches DR alone.",
+        "EDR = (λ + 1) / (λ/DR + 1/Entropy): λ = 0 is entropy alone, large λ approaches DR alone. "
+        "Calibrated readings (thresholds chosen on calibration for each λ, scored on dev).",
     )
     for task in tasks:
-        runs = [r for r in by_task[task].get("de3", []) if (r.folder / "exit_cache.pt").is_file()]
+        runs = [r for r in by_task[task].get("de3", []) if (r.folder / LAMBDA_FILE).is_file()]
         if not runs:
             continue
-        spec = GLUE_TASKS[task]
-        split = spec.eval_splits[0]
-        lines += [
-            f"### {task}",
-            "",
-            *table_header("λ", *(f"{t}×" for t in TARGETS)),
-        ]
-        caches = [load_exit_caches(r.folder / "exit_cache.pt")[split] for r in runs]
+        lines += [f"### {task}", "", *table_header("λ", *(f"{t}×" for t in TARGETS))]
+        swept = [(r, read_sweep_csv(r.folder / LAMBDA_FILE)) for r in runs]
         for lam in LAMBDAS:
-            scores = {t: [] for t in TARGETS}
-            for cache in caches:
-                rows = sweep_split(split, cache, spec, {"edr": {"lam": lam}}, flops=None)
-                points = [(r["speedup"], r[spec.main_metric]) for r in rows]
-                for t in TARGETS:
-                    scores[t].append(frontier_score(points, t)[0])
-            cells = ["not reached" if None in v else mean_std(v) for v in scores.values()]
+            params = json.dumps({"lam": lam}, sort_keys=True)
+            cells = [
+                calibrated_cell(
+                    [
+                        calibrated_reading(
+                            [row for row in rows if row["split"] == run.chosen_on],
+                            [row for row in rows if row["split"] == GLUE_TASKS[task].eval_splits[0]],
+                            "edr",
+                            t,
+                            run.metric,
+                            params,
+                        )
+                        for run, rows in swept
+                    ]
+                )[0]
+                for t in TARGETS
+            ]
             lines.append(f"| {lam:g} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
@@ -350,7 +436,7 @@ def _sensitivity(by_task, sensitivity: dict[str, dict[str, list[Run]]]) -> list[
         "## DE³ training hyperparameters, one at a time",
         "",
         "Defaults α = 1, τ = 1, γ = 0.1 (the main de3 runs of the same seeds); EDR and, for",
-        "comparison on the same checkpoints, entropy.",
+        "comparison on the same checkpoints, entropy; calibrated readings.",
         "",
     ]
     for task, variants in sensitivity.items():
@@ -362,7 +448,11 @@ def _sensitivity(by_task, sensitivity: dict[str, dict[str, list[Run]]]) -> list[
             *table_header("variant", "full depth", *(f"EDR {t}×" for t in TARGETS), "entropy 2.0×"),
         ]
         for name, runs in [("defaults", default), *sorted(variants.items())]:
-            cells = [cell(runs, None)[0], *(cell(runs, t)[0] for t in TARGETS), cell(runs, 2.0, "entropy")[0]]
+            cells = [
+                cell(runs, None)[0],
+                *(calibrated(runs, t)[0] for t in TARGETS),
+                calibrated(runs, 2.0, "entropy")[0],
+            ]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
@@ -370,13 +460,13 @@ def _sensitivity(by_task, sensitivity: dict[str, dict[str, list[Run]]]) -> list[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the runs' folders (run.py --out)")
+    parser.add_argument("--runs", type=Path, default=KEPT_RUNS, help="the runs' kept outputs (run.py --kept)")
     parser.add_argument("--command", default="python -m benchmarks.glue_tradeoff.run", help="what produced the runs")
     args = parser.parse_args()
-    runs = load_runs(args.out)
+    runs = load_runs(args.runs)
     if not runs:
-        raise SystemExit(f"no finished runs under {args.out}: run python -m benchmarks.glue_tradeoff.run first")
-    write_text_atomic(HERE / "RESULTS.md", report(runs, load_sensitivity(args.out), args.command, HERE))
+        raise SystemExit(f"no finished runs under {args.runs}: run python -m benchmarks.glue_tradeoff.run first")
+    write_text_atomic(HERE / "RESULTS.md", report(runs, load_sensitivity(args.runs), args.command, HERE))
     print(f"wrote {HERE / 'RESULTS.md'} from {len(runs)} runs")
 
 

@@ -1,15 +1,20 @@
 """Train and sweep every method × task × seed of the GLUE trade-off benchmark, resumably.
 
-python -m benchmarks.glue_tradeoff.run [--tasks rte mrpc] [--methods de3 pabee] [--seeds 42 43 44]
+python -m benchmarks.glue_tradeoff.run [--tasks rte mrpc] [--methods de3 pabee] [--seeds 42 43 44] [--commit]
 
-Each run is `python run.py experiment=<method> task=<task> seed=<seed>` with the CPU budget
-below, in its own folder `<out>/<task>/<method>/seed<seed>/`. A folder that already holds
-`results.json` and `sweep.csv` is finished and skipped, so rerunning the command continues
-where it stopped. A method that trains exactly as another (`TRAINED_AS`) does not train the
-same weights again: its run is `mode=sweep` on the other's checkpoint with its own exit rule.
-Checkpoints (hundreds of MB each) are deleted once no pending run needs them; what the report
-needs stays: `results.json` (scores, config, git commit), `sweep.csv`, `exit_cache.pt`.
-Then `python -m benchmarks.glue_tradeoff.report` writes RESULTS.md and the curves.
+Each run is `python run.py experiment=<method> task=<task> seed=<seed>` with the budget below,
+in its own folder `<out>/<task>/<method>/seed<seed>/`. Checkpoints are selected and every
+threshold chosen on the calibration split (the config's default: a seeded, stratified 10% of
+the training file, at least 300 rows, held out from training); dev is only scored. A folder
+that already holds `results.json` and `sweep.csv` is finished and skipped, so rerunning the
+command continues where it stopped. A method that trains exactly as another (`TRAINED_AS`)
+does not train the same weights again: its run is `mode=sweep` on the other's checkpoint with
+its own exit rule. Checkpoints (hundreds of MB each) are deleted once no pending run needs them.
+
+Each finished run's small text outputs (`KEPT`, plus `edr_lambda.csv` for de3: EDR re-simulated
+at every λ of `LAMBDAS` from its exit cache) are copied to `benchmarks/glue_tradeoff/runs/`
+as they finish (`--commit`: and committed), and `python -m benchmarks.glue_tradeoff.report`
+builds RESULTS.md and the curves from those copies alone.
 """
 
 from __future__ import annotations
@@ -24,22 +29,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from de3.data.tasks import GLUE_TASKS
+from de3.exit_cache import load_exit_caches
+from de3.sweep import sweep_splits
 from de3.utils.config import REPO_ROOT
+from de3.utils.io import csv_text, write_text_atomic
 
 TASKS = ("rte", "mrpc", "stsb", "cola", "sst2")
 METHODS = ("de3", "pabee", "pcee", "deebert", "fastbert", "badge")
 SEEDS = (42, 43, 44)
-# What fits a 2-core CPU: a seeded 1,000-example slice of each training set, 3 epochs.
-BUDGET = (
-    "backbone=minilm",
-    "data.train_limit=1000",
-    "data.max_seq_length=128",
-    "model.optimizer.lr=1e-4",
-    "logger=csv",
-)
+EXTRA_SEEDS = {"sst2": (45, 46), "mrpc": (45, 46)}  # where the methods are closest
+BUDGET = ("backbone=minilm", "model.optimizer.lr=1e-4", "logger=csv")
+# The whole training file (less the calibration split), except SST-2: 16,000 sentences.
+TASK_BUDGET = {"sst2": ("data.train_limit=16000", "data.max_seq_length=64")}
+DEFAULT_TASK_BUDGET = ("data.max_seq_length=128",)
 EPOCHS = 3
 # Two-stage schemes fine-tune the backbone for the same EPOCHS in stage 1, as in their papers,
 # then train the internal exits for as many again with the backbone frozen.
@@ -50,6 +53,10 @@ TRAINED_AS = {"pcee": "pabee"}
 # FastBERT's stage 1 is DeeBERT's (same fine-tuning, same seed, bit for bit): it starts from
 # DeeBERT's checkpoint (`loss.stage1_ckpt`) and trains its stage 2 only, for EPOCHS epochs.
 STAGE_ONE_OF = {"fastbert": "deebert"}
+KEPT = ("results.json", "sweep.csv", "summary.md", "thresholds.json")
+LAMBDAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 16.0)  # EDR's λ: 0 is entropy alone, λ → ∞ is DR alone
+LAMBDA_FILE = "edr_lambda.csv"
+KEPT_RUNS = Path(__file__).resolve().parent / "runs"
 DEFAULT_OUT = REPO_ROOT / "logs" / "glue_tradeoff"
 
 
@@ -60,6 +67,16 @@ def applicable(task: str, method: str) -> bool:
 
 def epochs(method: str) -> int:
     return 2 * EPOCHS if method in TWO_STAGE else EPOCHS
+
+
+def seeds_of(task: str, seeds: Sequence[int]) -> tuple[int, ...]:
+    """The seeds `task` runs with: `seeds`, plus its `EXTRA_SEEDS` when `seeds` are the default."""
+    return (*seeds, *EXTRA_SEEDS.get(task, ())) if tuple(seeds) == SEEDS else tuple(seeds)
+
+
+def budget(task: str) -> tuple[str, ...]:
+    """Every override a run of `task` shares with the other methods' runs."""
+    return (*BUDGET, *TASK_BUDGET.get(task, DEFAULT_TASK_BUDGET))
 
 
 def run_dir(out: Path, task: str, method: str, seed: int) -> Path:
@@ -119,7 +136,7 @@ def run_one(job: Job) -> bool:
         f"experiment={job.method}",
         f"task={job.task}",
         f"seed={job.seed}",
-        *BUDGET,
+        *budget(job.task),
         *mode,
         *job.extra,
         "callbacks.progress_bar=null",
@@ -132,17 +149,45 @@ def run_one(job: Job) -> bool:
     return done and is_finished(job.directory)
 
 
+def edr_lambda_rows(folder: Path) -> list[dict]:
+    """EDR at every λ of `LAMBDAS`, re-simulated on every split of a de3 run's exit cache (λ
+    enters the rule only, so no retraining): `sweep_split` rows with λ in `params`."""
+    task = GLUE_TASKS[json.loads((folder / "results.json").read_text())["task"]]
+    caches = load_exit_caches(folder / "exit_cache.pt")
+    return [row for lam in LAMBDAS for row in sweep_splits(caches, task, {"edr": {"lam": lam}}, flops=None)]
+
+
+def keep_outputs(job: Job, out: Path, kept: Path) -> Path:
+    """Copy a finished run's small text outputs to `kept` (same relative folder as under `out`)."""
+    destination = kept / job.directory.relative_to(out)
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in KEPT:
+        if (job.directory / name).is_file():
+            shutil.copyfile(job.directory / name, destination / name)
+    if job.method == "de3" and (job.directory / "exit_cache.pt").is_file():
+        write_text_atomic(destination / LAMBDA_FILE, csv_text(edr_lambda_rows(job.directory)))
+    return destination
+
+
+def commit(folder: Path, message: str) -> None:
+    """Commit `folder`'s files (and nothing else staged) to the repository."""
+    subprocess.run(["git", "add", str(folder)], cwd=REPO_ROOT, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", message, "--", str(folder)], cwd=REPO_ROOT, check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=sorted(GLUE_TASKS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), help="(plus EXTRA_SEEDS by default)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the runs' folders go")
+    parser.add_argument("--kept", type=Path, default=KEPT_RUNS, help="where their text outputs are copied")
+    parser.add_argument("--commit", action="store_true", help="commit each run's kept outputs as it finishes")
     args = parser.parse_args()
     # seed-major: one complete seed of every (task, method) before the next seed
     jobs = []
-    for seed in args.seeds:
-        for task in args.tasks:
+    for seed in sorted({s for task in args.tasks for s in seeds_of(task, args.seeds)}):
+        for task in (t for t in args.tasks if seed in seeds_of(t, args.seeds)):
             for method in args.methods:
                 if not applicable(task, method):
                     continue
@@ -157,23 +202,31 @@ def main() -> None:
                         stage_one_in=run_dir(args.out, task, stage_one, seed) if stage_one in args.methods else None,
                     )
                 )
-    run_all(jobs)
+    run_all(jobs, args.out, args.kept, args.commit)
 
 
-def run_all(jobs: Sequence[Job]) -> None:
-    """Run every job not finished yet, with a progress bar; delete each checkpoint once no
-    pending job sweeps it."""
+def run_all(jobs: Sequence[Job], out: Path, kept: Path | None = None, commit_each: bool = False) -> None:
+    """Run every job not finished yet, with a progress line per run (and the time left at the
+    mean pace so far); keep (and commit) each finished run's text outputs; delete each
+    checkpoint once no pending job sweeps it."""
     todo = [job for job in jobs if not is_finished(job.directory)]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished; {len(todo)} to go", flush=True)
-    failed = []
-    for index, job in enumerate(bar := tqdm(todo, unit="run")):
-        bar.set_description(job.describe())
+    failed, spent = [], 0.0
+    for index, job in enumerate(todo):
         started = time.perf_counter()
-        if not run_one(job):
+        finished = run_one(job)
+        spent += time.perf_counter() - started
+        left = len(todo) - index - 1
+        pace = f"{index + 1}/{len(todo)} in {spent / 3600:.1f} h; about {spent / (index + 1) * left / 3600:.1f} h left"
+        if not finished:
             failed.append(job.directory)
-            tqdm.write(f"FAILED: {job.directory} (see its job.log)")
+            print(f"FAILED: {job.describe()} (see {job.directory / 'job.log'}) [{pace}]", flush=True)
         else:
-            tqdm.write(f"done: {job.directory} in {time.perf_counter() - started:.0f} s")
+            print(f"done: {job.describe()} in {time.perf_counter() - started:.0f} s [{pace}]", flush=True)
+            if kept is not None:
+                copied = keep_outputs(job, out, kept)
+                if commit_each:
+                    commit(copied, f"glue_tradeoff: {job.describe()}")
         needed = {donor for later in todo[index + 1 :] for donor in (later.trained_in, later.stage_one_in)}
         for directory in {job.directory, job.trained_in, job.stage_one_in} - needed - {None}:
             shutil.rmtree(directory / "checkpoints", ignore_errors=True)

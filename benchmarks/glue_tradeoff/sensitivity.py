@@ -5,7 +5,8 @@ python -m benchmarks.glue_tradeoff.sensitivity [--task sst2] [--seeds 42]
 
 Same budget as the main benchmark; each variant changes one value from conf/loss/de3.yaml
 (α = 1, τ = 1, γ = 0.1, whose runs are the main benchmark's de3 runs). Folders:
-`<out>/sensitivity/<task>/<key>=<value>/seed<seed>/`; finished ones are skipped.
+`<out>/sensitivity/<task>/<key>=<value>/seed<seed>/`, their text outputs kept under
+`runs/sensitivity/` as the main runs' are; finished ones are skipped.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.glue_tradeoff.run import DEFAULT_OUT, Job, run_all
+from benchmarks.glue_tradeoff.run import DEFAULT_OUT, KEPT_RUNS, Job, run_all
 from de3.data.tasks import GLUE_TASKS
 
 VARIANTS = {
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--task", default="sst2", choices=[t for t, s in GLUE_TASKS.items() if not s.is_regression])
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--kept", type=Path, default=KEPT_RUNS, help="where their text outputs are copied")
     args = parser.parse_args()
     run_all(
         [
@@ -39,7 +41,9 @@ def main() -> None:
             for seed in args.seeds
             for key, values in VARIANTS.items()
             for value in values
-        ]
+        ],
+        args.out,
+        args.kept,
     )
 
 

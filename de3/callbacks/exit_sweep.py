@@ -18,7 +18,14 @@ from de3.errors import De3Error
 from de3.exit_cache import ExitCache, collect_exit_cache, save_exit_caches
 from de3.flops import FlopsModel, cost_markdown
 from de3.models.exit_rules import get_rule, validate_params
-from de3.sweep import full_depth_scores, plot_sweep, summarize, summary_markdown, sweep_split
+from de3.sweep import (
+    add_deployed_readings,
+    full_depth_scores,
+    plot_sweep,
+    summarize,
+    summary_markdown,
+    sweep_splits,
+)
 from de3.thresholds import FILENAME, thresholds_document
 from de3.utils.io import csv_text, write_text_atomic
 
@@ -32,7 +39,9 @@ class ExitSweep(L.Callback):
 
     Writes `sweep.csv`, `sweep.png`, `summary.md`, `thresholds.json` (per rule, its parameters
     and the threshold reaching each of `target_speedups` on the first eval split, with that
-    split, the checkpoint the trainer loaded and the input length) and `exit_cache.pt`.
+    split, the checkpoint the trainer loaded and the input length) and `exit_cache.pt`. The
+    other eval splits are also scored at those thresholds (`summary.md`: "deployed"): with a
+    calibration split first, dev's calibrated reading beside its oracle one.
     """
 
     def __init__(
@@ -62,13 +71,10 @@ class ExitSweep(L.Callback):
         }
         cached = time.perf_counter()
         costs = FlopsModel.of(model)
-        rows = [
-            row
-            for split, cache in caches.items()
-            for row in sweep_split(split, cache, task, self.rules, costs, self.num_thresholds, self.extra_thresholds)
-        ]
+        rows = sweep_splits(caches, task, self.rules, costs, self.num_thresholds, self.extra_thresholds)
         full_depth = {split: full_depth_scores(task, cache) for split, cache in caches.items()}
         summary = summarize(rows, task.main_metric, self.target_speedups)
+        add_deployed_readings(summary, rows, task.main_metric)
         self.timings = {"cache_pass_s": cached - started, "simulation_s": time.perf_counter() - cached}
         first_cache = next(iter(caches.values()))
         cost = cost_markdown(model, float(first_cache.lengths.double().mean()))

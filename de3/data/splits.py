@@ -22,8 +22,20 @@ log = logging.getLogger(__name__)
 def _cut_held_out(task: TaskSpec, data_dir: str | Path | None, source: str) -> dict[str, list[Example]]:
     layout = task.local
     rows = load_split(task, "train", data_dir, source)
-    labels = [example.label for example in rows]
-    parts = stratified_split(strata(labels, task.is_regression), layout.held_out, layout.split_seed)
+    row_strata = strata([example.label for example in rows], task.is_regression)
+    fractions = dict(layout.held_out)
+    while True:  # a split below its minimum takes a larger fraction (rounding is per stratum)
+        parts = stratified_split(row_strata, fractions, layout.split_seed)
+        short = {s: n for s, n in layout.held_out_minimum.items() if len(parts[s]) < min(n, len(rows))}
+        if not short:
+            break
+        fractions.update({s: fractions[s] + (n - len(parts[s])) / len(rows) for s, n in short.items()})
+        if sum(fractions.values()) >= 1:
+            raise De3Error(
+                f"task {task.name!r}: {layout.files['train']} has {len(rows)} rows, too few for held-out splits "
+                f"of at least {dict(layout.held_out_minimum)} rows and a training split; "
+                "lower task.calibration_min_examples, or set task.calibration_fraction=null"
+            )
     for split, fraction in layout.held_out.items():
         if not parts[split]:
             raise De3Error(

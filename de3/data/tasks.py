@@ -17,6 +17,7 @@ from de3.errors import De3Error
 METRIC_NAMES = ("accuracy", "f1", "mcc", "pearson", "spearman")
 BAD_ROW_POLICIES = ("skip", "error")
 DEFAULT_VALIDATION_FRACTION = 0.1
+CALIBRATION = "calibration"
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,9 @@ class TableLayout:
     (GLUE's CoLA train/dev). `encoding` is a Python codec or "auto". `on_bad_rows` says what
     a row with an empty text or label does: "skip" (counted and logged) or "error".
     `held_out` maps splits that have no file to the fraction of the training file they take,
-    drawn with `split_seed`; `deduplicate` drops repeated and leaked texts from train.
+    drawn with `split_seed`, and `held_out_minimum` to the fewest rows a split may have (it
+    takes a larger fraction of a small file); `deduplicate` drops repeated and leaked texts
+    from train.
     """
 
     files: Mapping[str, str]
@@ -39,6 +42,7 @@ class TableLayout:
     encoding: str = "utf-8"
     on_bad_rows: str = "error"
     held_out: Mapping[str, float] = field(default_factory=dict)
+    held_out_minimum: Mapping[str, int] = field(default_factory=dict)
     split_seed: int = 0
     deduplicate: bool = False
 
@@ -58,8 +62,9 @@ class TaskSpec:
     """Everything the data, model and metrics need to know about one task.
 
     `label_names` is None for regression (one output, MSE). `metrics[0]` is the task's main
-    score, used for model selection. `eval_splits` are the labelled splits scored during
-    validation; `test_splits` are served unlabelled for prediction.
+    score. `eval_splits` are the labelled splits scored during validation; the first selects
+    checkpoints and the deployed thresholds (the held-out `calibration` split when there is
+    one). `test_splits` are served unlabelled for prediction.
     """
 
     name: str
@@ -276,8 +281,41 @@ def _custom_task(cfg: Mapping[str, Any]) -> TaskSpec:
     )
 
 
+def with_calibration(spec: TaskSpec, cfg: Mapping[str, Any]) -> TaskSpec:
+    """`spec` with a `calibration` split cut from its training file, when
+    `cfg.calibration_fraction` is set: it comes first among the eval splits, so checkpoints are
+    selected and the deployed thresholds chosen on it, and the other eval splits are scored,
+    not chosen on. It takes at least `cfg.calibration_min_examples` rows."""
+    fraction = cfg.get("calibration_fraction")
+    if fraction is None:
+        return spec
+    if not 0 < fraction < 1:
+        raise De3Error(f"task.calibration_fraction must lie between 0 and 1 (or null for none), got {fraction}")
+    minimum = cfg.get("calibration_min_examples")
+    minimum = 1 if minimum is None else int(minimum)
+    if minimum < 1:
+        raise De3Error(f"task.calibration_min_examples must be at least 1, got {minimum}")
+    if CALIBRATION in spec.local.files or CALIBRATION in spec.local.held_out:
+        raise De3Error(f"task {spec.name!r} already has a {CALIBRATION!r} split: set task.calibration_fraction=null")
+    held_out = {CALIBRATION: float(fraction), **spec.local.held_out}
+    if sum(held_out.values()) >= 1:
+        raise De3Error(f"task {spec.name!r}: the held-out fractions {held_out} leave nothing to train on")
+    local = replace(
+        spec.local,
+        held_out=held_out,
+        held_out_minimum={**spec.local.held_out_minimum, CALIBRATION: minimum},
+        split_seed=int(cfg.get("split_seed") or 0),
+    )
+    return replace(spec, local=local, eval_splits=(CALIBRATION, *spec.eval_splits))
+
+
 def task_from_config(cfg: Mapping[str, Any]) -> TaskSpec:
-    """The `TaskSpec` a `task` config node names: a GLUE task, or a custom one if it lists files."""
+    """The `TaskSpec` a `task` config node names: a GLUE task, or a custom one if it lists
+    files; with a calibration split where the node asks for one (`with_calibration`)."""
+    return with_calibration(_task_without_calibration(cfg), cfg)
+
+
+def _task_without_calibration(cfg: Mapping[str, Any]) -> TaskSpec:
     if cfg.get("files") is not None:
         return _custom_task(cfg)
     name = cfg.get("name")
