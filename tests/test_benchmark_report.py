@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from benchmarks.glue_tradeoff import report as report_module
 from benchmarks.glue_tradeoff import run as driver
 from benchmarks.glue_tradeoff.report import TARGETS, load_runs, load_sensitivity, report
 from de3.exit_cache import load_exit_caches
@@ -17,7 +18,7 @@ from tests.conftest import compose_config
 CALIBRATED = ("task.calibration_fraction=0.1", "task.calibration_min_examples=4")  # 4 of fake RTE's 24 rows
 
 
-def test_report_tables_from_kept_run_outputs(tiny_config, tmp_path):
+def test_report_tables_from_kept_run_outputs(tiny_config, tmp_path, monkeypatch):
     out, kept = tmp_path / "out", tmp_path / "kept"
     for method in ("de3", "pabee"):
         folder = out / "rte" / method / "seed42"
@@ -34,13 +35,16 @@ def test_report_tables_from_kept_run_outputs(tiny_config, tmp_path):
         "thresholds.json",
     ]
     shutil.copytree(kept / "rte" / "de3" / "seed42", kept / "sensitivity" / "rte" / "loss.alpha=0.3" / "seed42")
+    shutil.copytree(kept / "rte" / "de3" / "seed42", kept / "rte" / "de3-matched" / "seed42")
+    monkeypatch.setattr(report_module, "MATCHED_TASKS", ("rte",))
 
     runs = load_runs(kept)
     assert sorted((r.task, r.method, r.seed, r.rule, r.chosen_on) for r in runs) == [
         ("rte", "de3", 42, "edr", "calibration"),
+        ("rte", "de3-matched", 42, "edr", "calibration"),
         ("rte", "pabee", 42, "patience", "calibration"),
     ]
-    de3_run = runs[0]
+    de3_run = next(r for r in runs if r.method == "de3")
     text = report(runs, load_sensitivity(kept), "the command", tmp_path)
     de3_row = next(line for line in text.splitlines() if line.startswith("| de3 | edr |"))
     assert de3_row.split(" | ")[2] == f"{100 * de3_run.full_depth:.1f} (1)"  # the final exit's dev score
@@ -60,7 +64,7 @@ def test_report_tables_from_kept_run_outputs(tiny_config, tmp_path):
         assert f"{100 * expected[0]:.1f} (1) @ {expected[1]:.2f}×" in de3_row
     for target in TARGETS:  # de3 − pabee on seed 42 (calibrated), or "not reached" where either never got that fast
         paired = text.split("seed by seed")[1].split(f"### {target}×")[1].split("###")[0]
-        de3_score, pabee_score = ((r.calibrated_at(target) or (None,))[0] for r in runs)
+        de3_score, pabee_score = ((r.calibrated_at(target) or (None,))[0] for r in (de3_run, runs[-1]))
         gap = None if None in (de3_score, pabee_score) else 100 * (de3_score - pabee_score)
         assert (
             f"| pabee | {gap:+.1f} ({int(gap > 0)}/1) |" if gap is not None else "| pabee | not reached |"
@@ -68,6 +72,9 @@ def test_report_tables_from_kept_run_outputs(tiny_config, tmp_path):
     assert "## Rule effect" in text and "| edr |" in text
     assert "| 16 |" in text.split("EDR's λ")[1]  # λ re-simulated by the driver (edr_lambda.csv)
     assert "| loss.alpha=0.3 |" in text
+    matched = text.split("## Compute-matched control")[1].split("##")[0]
+    assert f"| de3-matched | {2 * driver.EPOCHS} | {de3_row.split(' | ')[2]} |" in matched  # the copy of de3's run
+    assert "Not tuned" in text.split("## Hyperparameters")[1]
     assert (tmp_path / "curves_rte.png").is_file()
 
 
@@ -90,3 +97,47 @@ def test_driver_sweeps_a_shared_training_instead_of_retraining(glue_dir, tmp_pat
     kept = tmp_path / "kept" / "rte" / "pcee" / "seed42"
     assert sorted(p.name for p in kept.iterdir()) == ["results.json", "summary.md", "sweep.csv", "thresholds.json"]
     assert (kept / "sweep.csv").read_text() == (pcee / "sweep.csv").read_text()
+
+
+def test_main_jobs_share_training_only_between_equal_configurations(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        driver, "tuned_configs", lambda: {"pabee": "lr=1", "pcee": "lr=1", "deebert": "lr=1", "fastbert": "lr=2"}
+    )
+    jobs = {
+        (j.task, j.directory.parent.name, j.seed): j
+        for j in driver.main_jobs(tmp_path, ["sst2", "stsb"], driver.METHODS, [42])
+    }
+    pcee, fastbert = jobs["sst2", "pcee", 42], jobs["sst2", "fastbert", 42]
+    assert pcee.trained_in == jobs["sst2", "pabee", 42].directory and pcee.extra == ("lr=1",)
+    assert fastbert.stage_one_in is None and fastbert.extra == ("lr=2",)  # another configuration: its own stage 1
+    assert ("stsb", "de3", 42) not in jobs  # prototypes need classes
+    assert {s for (t, _, s) in jobs if t == "sst2"} == {42}  # --seeds given: no extra seeds
+    matched = jobs["sst2", "de3-matched", 42]
+    assert matched.method == "de3" and matched.extra[-1] == f"trainer.max_epochs={2 * driver.EPOCHS}"
+    assert ("stsb", "pabee-matched", 42) not in jobs
+    assert driver.seeds_of("sst2", driver.SEEDS) == (42, 43, 44, 45, 46) and driver.seeds_of("rte", driver.SEEDS) == (
+        42,
+        43,
+        44,
+    )
+
+
+def test_every_method_tries_the_same_configurations_and_the_best_calibration_area_is_picked(tmp_path):
+    methods = ("de3", "pabee")
+    jobs = driver.tuning_jobs(tmp_path, methods)
+    assert sorted((j.method, j.extra) for j in jobs) == sorted((m, (c,)) for m in methods for c in driver.CONFIGS)
+    scores = {"de3": (0.7, 0.9, 0.8), "pabee": (0.9, 0.7, 0.6)}  # calibration score at every speed-up
+    for index, _ in enumerate(driver.CONFIGS):
+        for method in methods:
+            folder = driver.run_dir(tmp_path / f"config{index}", "sst2", method, 42)
+            folder.mkdir(parents=True)
+            rule = {"de3": "edr", "pabee": "patience"}[method]
+            results = {"scores": {"calibration": {}, "validation": {}}, "config": {"exit": {"rule": rule}}}
+            (folder / "results.json").write_text(json.dumps(results))
+            rows = ["split,rule,threshold,speedup,accuracy"]
+            rows += [f"calibration,{rule},{t},{s},{scores[method][index]}" for t, s in enumerate((1.0, 2.0, 3.0))]
+            rows += [f"validation,{rule},{t},{s},0.1" for t, s in enumerate((1.0, 2.0, 3.0))]  # never chosen on
+            (folder / "sweep.csv").write_text("\n".join(rows) + "\n")
+    picked = driver.pick_configs(tmp_path, methods)
+    assert picked["picked"] == {"de3": driver.CONFIGS[1], "pabee": driver.CONFIGS[0]}
+    assert picked["tried"]["de3"][driver.CONFIGS[2]] == pytest.approx(0.8)  # a flat frontier's mean reading

@@ -3,6 +3,7 @@ training, on which checkpoints are selected and the deployed thresholds chosen; 
 at those thresholds (calibrated) beside its own best thresholds (oracle)."""
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -101,10 +102,15 @@ def test_calibration_split_is_stratified_seeded_disjoint_and_at_least_its_minimu
     assert len(larger["calibration"]) == 20
 
 
-def test_a_training_file_too_small_for_the_minimum_names_the_fix(glue_80):
-    with pytest.raises(De3Error) as info:
-        load_splits(sst2(calibration_fraction=0.1, calibration_min_examples=300), ["train"], glue_80)
-    assert "80 rows, too few" in str(info.value) and "task.calibration_fraction=null" in str(info.value)
+def test_a_file_too_small_for_the_minimum_keeps_half_for_training_and_says_so(glue_80, caplog):
+    with caplog.at_level(logging.WARNING):
+        parts = load_splits(
+            sst2(calibration_fraction=0.1, calibration_min_examples=300), ["train", "calibration"], glue_80
+        )
+    assert [len(parts[s]) for s in ("train", "calibration")] == [72, 8]  # the fraction alone
+    assert "has 80 rows" in caplog.text and "calibration 8 rows" in caplog.text
+    parts = load_splits(sst2(calibration_fraction=0.1, calibration_min_examples=40), ["train", "calibration"], glue_80)
+    assert [len(parts[s]) for s in ("train", "calibration")] == [40, 40]  # exactly half is still allowed
 
 
 def test_checkpoints_are_selected_on_the_calibration_split(glue_80, tmp_path):

@@ -2,16 +2,30 @@
 
 import csv
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import open_dict
 
+from de3.callbacks.exit_sweep import ExitSweep
 from de3.data.tasks import GLUE_TASKS
 from de3.exit_cache import ExitCache, load_exit_caches
 from de3.flops import FlopsModel, layer_speedup
 from de3.jobs import sweep, train
-from de3.sweep import frontier_area, frontier_score, pareto_mask, reaching, summarize, sweep_split
+from de3.models.exit_rules import decide, get_rule, rule_indicator
+from de3.sweep import (
+    add_deployed_readings,
+    frontier_area,
+    frontier_score,
+    pareto_mask,
+    reaching,
+    summarize,
+    summary_markdown,
+    sweep_split,
+    sweep_splits,
+)
 
 FLOPS = FlopsModel(hidden_size=8, intermediate_size=16, num_layers=4, exit_head=100, prototype=10)
 ALL_RULES = {
@@ -138,3 +152,42 @@ def test_mode_sweep_on_a_checkpoint_without_wandb(tiny_config, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
     assert {"f1", "accuracy"} <= set(rows[0]) and 0.0 <= score <= 1.0
     assert json.loads((tmp_path / "results.json").read_text())["task"] == "mrpc"
+
+
+def test_thresholds_chosen_on_the_first_split_are_scored_on_the_others(tmp_path):
+    """The calibrated reading: each other split swept at the first split's thresholds too, and
+    the deployed point there recomputed by hand; W&B gets every split's readings."""
+    task, rules = GLUE_TASKS["rte"], {"entropy": {}, "edr": {"lam": 1.0}}
+    caches = {"calibration": random_cache(seed=1), "validation": random_cache(n=150, seed=2)}
+    rows = sweep_splits(caches, task, rules, FLOPS, num_thresholds=20)
+    for rule in rules:
+        chosen = {r["threshold"] for r in rows if r["split"] == "calibration" and r["rule"] == rule}
+        assert chosen <= {r["threshold"] for r in rows if r["split"] == "validation" and r["rule"] == rule}
+    summary = summarize(rows, "accuracy", (1.5, 2.0))
+    add_deployed_readings(summary, rows, "accuracy")
+    assert "deployed" not in summary["calibration"]["rules"]["edr"]
+    for rule, params in rules.items():
+        for target in ("1.5", "2.0"):
+            threshold = summary["calibration"]["rules"][rule]["targets"][target]["threshold"]
+            cache = caches["validation"]
+            indicator = rule_indicator(get_rule(rule), cache.logits, cache.distances, params)
+            layers, answers = decide(get_rule(rule), cache.logits, indicator, threshold, False)
+            deployed = summary["validation"]["rules"][rule]["deployed"][target]
+            assert deployed["threshold"] == threshold
+            assert deployed["speedup"] == layer_speedup(layers, 4)
+            assert deployed["accuracy"] == pytest.approx(float((answers == cache.labels).double().mean()))
+    full_depth = {split: {"accuracy": 0.5} for split in caches}
+    assert "### validation at the thresholds chosen on calibration" in summary_markdown(
+        summary, "accuracy", full_depth, (1.5, 2.0)
+    )
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="test")
+    ExitSweep(str(tmp_path), rules)._log_wandb(SimpleNamespace(loggers=[logger]), rows, summary, "accuracy")
+    logged = dict(logger.experiment.summary)
+    deployed = summary["validation"]["rules"]["edr"]["deployed"]["2.0"]
+    assert logged["sweep/validation/edr/deployed_accuracy@2.0x"] == deployed["accuracy"]
+    assert logged["sweep/validation/edr/deployed_speedup@2.0x"] == deployed["speedup"]
+    assert (
+        logged["sweep/calibration/edr/accuracy@2.0x"]
+        == summary["calibration"]["rules"]["edr"]["targets"]["2.0"]["accuracy"]
+    )
+    logger.experiment.finish()

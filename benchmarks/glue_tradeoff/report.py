@@ -31,10 +31,14 @@ from benchmarks.glue_tradeoff.run import (  # noqa: E402
     KEPT_RUNS,
     LAMBDA_FILE,
     LAMBDAS,
+    MATCHED,
+    MATCHED_METHODS,
+    MATCHED_TASKS,
     METHODS,
     SEEDS,
     TASKS,
     TRAINED_AS,
+    TUNED,
     TWO_STAGE,
     applicable,
     budget,
@@ -305,6 +309,8 @@ def report(runs: list[Run], sensitivity: dict[str, dict[str, list[Run]]], comman
             lines.append(f"| {method} | {rule} | " + " | ".join(cells) + " |")
         lines.append("")
         plot_task(task, by_task[task], figures / f"curves_{task}.png")
+    lines += _tuning()
+    lines += _compute_matched(by_task, tasks)
     lines += _paired_against_de3(by_task, tasks)
     lines += _rule_effect(by_task, tasks)
     lines += _lambda_sensitivity(by_task, tasks)
@@ -333,6 +339,46 @@ def _main_table(by_task, tasks: list[str], target: float) -> list[str]:
                     means.append(mean)
             average = f"{100 * statistics.fmean(means):.1f}" if means and all(m is not None for m in means) else "—"
             lines.append(f"| {method} | " + " | ".join(cells) + f" | {average} |")
+        lines.append("")
+    return lines
+
+
+def _tuning() -> list[str]:
+    """What each method tried and picked (`tuned.json`, written by `run.py --tune`)."""
+    if not TUNED.is_file():
+        return section("Hyperparameters", "Not tuned: every run used the configs' defaults (`run.py --untuned`).")
+    tuned = json.loads(TUNED.read_text())
+    configs = list(next(iter(tuned["tried"].values())))
+    lines = section(
+        "Hyperparameters: the same configurations tried by every method",
+        f"On {tuned['task']} seed {tuned['seed']}, each method's {tuned['criterion']} (×100) per configuration; "
+        "the largest is picked and used for every task and seed.",
+    )
+    lines += table_header("method", *configs, "picked")
+    for method, areas in tuned["tried"].items():
+        cells = [f"{100 * areas[c]:.2f}" for c in configs]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {tuned['picked'][method]} |")
+    return [*lines, ""]
+
+
+def _compute_matched(by_task, tasks: list[str]) -> list[str]:
+    """Joint schemes trained as many epochs as the two-stage ones (`<method>-matched` runs)."""
+    shown = [t for t in MATCHED_TASKS if t in tasks and any(f"{m}{MATCHED}" in by_task[t] for m in MATCHED_METHODS)]
+    if not shown:
+        return []
+    lines = section(
+        "Compute-matched control",
+        f"{', '.join(MATCHED_METHODS)} trained for {2 * EPOCHS} epochs (the `{MATCHED}` rows), as many as "
+        f"{' and '.join(TWO_STAGE)} in all, beside their {EPOCHS}-epoch runs. Calibrated readings.",
+    )
+    for task in shown:
+        lines += [f"### {task}", "", *table_header("method", "epochs", "full depth", *(f"{t}×" for t in TARGETS))]
+        rows = [(m, EPOCHS) for m in MATCHED_METHODS] + [(f"{m}{MATCHED}", 2 * EPOCHS) for m in MATCHED_METHODS]
+        rows += [(m, 2 * EPOCHS) for m in TWO_STAGE]
+        for method, epochs in rows:
+            runs = by_task[task].get(method, [])
+            cells = [cell(runs, None)[0], *(calibrated(runs, t)[0] for t in TARGETS)]
+            lines.append(f"| {method} | {epochs} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
 

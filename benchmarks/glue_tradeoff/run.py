@@ -20,6 +20,7 @@ builds RESULTS.md and the curves from those copies alone.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import subprocess
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from de3.data.tasks import GLUE_TASKS
 from de3.exit_cache import load_exit_caches
-from de3.sweep import sweep_splits
+from de3.sweep import frontier_area, sweep_splits
 from de3.utils.config import REPO_ROOT
 from de3.utils.io import csv_text, write_text_atomic
 
@@ -39,7 +40,7 @@ TASKS = ("rte", "mrpc", "stsb", "cola", "sst2")
 METHODS = ("de3", "pabee", "pcee", "deebert", "fastbert", "badge")
 SEEDS = (42, 43, 44)
 EXTRA_SEEDS = {"sst2": (45, 46), "mrpc": (45, 46)}  # where the methods are closest
-BUDGET = ("backbone=minilm", "model.optimizer.lr=1e-4", "logger=csv")
+BUDGET = ("backbone=minilm", "logger=csv")  # the learning rate is tuned (CONFIGS)
 # The whole training file (less the calibration split), except SST-2: 16,000 sentences.
 TASK_BUDGET = {"sst2": ("data.train_limit=16000", "data.max_seq_length=64")}
 DEFAULT_TASK_BUDGET = ("data.max_seq_length=128",)
@@ -53,6 +54,14 @@ TRAINED_AS = {"pcee": "pabee"}
 # FastBERT's stage 1 is DeeBERT's (same fine-tuning, same seed, bit for bit): it starts from
 # DeeBERT's checkpoint (`loss.stage1_ckpt`) and trains its stage 2 only, for EPOCHS epochs.
 STAGE_ONE_OF = {"fastbert": "deebert"}
+# Hyperparameters: every method tries the same configurations on the tuning task and seed; the
+# one with the largest calibration-split frontier area (its own rule) is frozen in TUNED for
+# every task and seed.
+CONFIGS = ("model.optimizer.lr=5e-05", "model.optimizer.lr=0.0001", "model.optimizer.lr=0.0002")
+TUNING_TASK, TUNING_SEED = "sst2", 42
+TUNED = Path(__file__).resolve().parent / "tuned.json"
+# The compute-matched control: joint schemes trained as long as the two-stage ones in all.
+MATCHED_TASKS, MATCHED_METHODS, MATCHED = ("sst2", "mrpc"), ("de3", "pabee", "badge"), "-matched"
 KEPT = ("results.json", "sweep.csv", "summary.md", "thresholds.json")
 LAMBDAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 16.0)  # EDR's λ: 0 is entropy alone, λ → ∞ is DR alone
 LAMBDA_FILE = "edr_lambda.csv"
@@ -175,6 +184,70 @@ def commit(folder: Path, message: str) -> None:
     subprocess.run(["git", "commit", "-q", "-m", message, "--", str(folder)], cwd=REPO_ROOT, check=True)
 
 
+def tuned_configs() -> dict[str, str]:
+    """method → the configuration frozen for it (`TUNED`), empty before tuning."""
+    return json.loads(TUNED.read_text())["picked"] if TUNED.is_file() else {}
+
+
+def method_jobs(
+    out: Path, task: str, methods: Sequence[str], seed: int, configs: dict[str, str], folder: str = "", *extra: str
+) -> list[Job]:
+    """One job per method of `methods` on `task` and `seed` (each with its configuration from
+    `configs`), in folders `<out>/<task>/<method><folder>/seed<seed>`. A method that trains as
+    another (`TRAINED_AS`, `STAGE_ONE_OF`) reuses that one's run when both have the same
+    configuration."""
+
+    def directory(method: str) -> Path:
+        return run_dir(out, task, f"{method}{folder}", seed)
+
+    def shared(other: str | None, method: str) -> Path | None:
+        same = other in methods and configs.get(other) == configs.get(method)
+        return directory(other) if same else None
+
+    return [
+        Job(
+            directory(method),
+            task,
+            method,
+            seed,
+            tuple(c for c in (configs.get(method), *extra) if c),
+            trained_in=shared(TRAINED_AS.get(method), method),
+            stage_one_in=shared(STAGE_ONE_OF.get(method), method),
+        )
+        for method in methods
+        if applicable(task, method)
+    ]
+
+
+def tuning_jobs(out: Path, methods: Sequence[str]) -> list[Job]:
+    """Every method of `methods` with every configuration of `CONFIGS`, on the tuning task and seed."""
+    return [
+        job
+        for index, config in enumerate(CONFIGS)
+        for job in method_jobs(
+            out / "tuning" / f"config{index}", TUNING_TASK, methods, TUNING_SEED, dict.fromkeys(methods, config)
+        )
+    ]
+
+
+def main_jobs(out: Path, tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int]) -> list[Job]:
+    """The benchmark's runs, seed-major (one complete seed of every task and method before the
+    next), then the compute-matched control."""
+    configs = tuned_configs()
+    jobs = [
+        job
+        for seed in sorted({s for task in tasks for s in seeds_of(task, seeds)})
+        for task in tasks
+        if seed in seeds_of(task, seeds)
+        for job in method_jobs(out, task, methods, seed, configs)
+    ]
+    for task in (t for t in MATCHED_TASKS if t in tasks):
+        for seed in seeds_of(task, seeds):
+            matched = [m for m in MATCHED_METHODS if m in methods]
+            jobs += method_jobs(out, task, matched, seed, configs, MATCHED, f"trainer.max_epochs={2 * EPOCHS}")
+    return jobs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=sorted(GLUE_TASKS))
@@ -183,26 +256,50 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the runs' folders go")
     parser.add_argument("--kept", type=Path, default=KEPT_RUNS, help="where their text outputs are copied")
     parser.add_argument("--commit", action="store_true", help="commit each run's kept outputs as it finishes")
+    parser.add_argument("--tune", action="store_true", help=f"try CONFIGS on {TUNING_TASK} and write {TUNED.name}")
+    parser.add_argument("--untuned", action="store_true", help="run without tuned.json (the configs' defaults)")
     args = parser.parse_args()
-    # seed-major: one complete seed of every (task, method) before the next seed
-    jobs = []
-    for seed in sorted({s for task in args.tasks for s in seeds_of(task, args.seeds)}):
-        for task in (t for t in args.tasks if seed in seeds_of(t, args.seeds)):
-            for method in args.methods:
-                if not applicable(task, method):
-                    continue
-                donor, stage_one = TRAINED_AS.get(method), STAGE_ONE_OF.get(method)
-                jobs.append(
-                    Job(
-                        run_dir(args.out, task, method, seed),
-                        task,
-                        method,
-                        seed,
-                        trained_in=run_dir(args.out, task, donor, seed) if donor in args.methods else None,
-                        stage_one_in=run_dir(args.out, task, stage_one, seed) if stage_one in args.methods else None,
-                    )
-                )
-    run_all(jobs, args.out, args.kept, args.commit)
+    if args.tune:
+        run_all(tuning_jobs(args.out, args.methods), args.out, args.kept, args.commit)
+        picked = pick_configs(args.kept / "tuning", args.methods)
+        write_text_atomic(TUNED, json.dumps(picked, indent=2) + "\n")
+        print(f"wrote {TUNED}: {picked['picked']}", flush=True)
+        if args.commit:
+            commit(TUNED, "glue_tradeoff: configurations chosen on the calibration split")
+        return
+    if not TUNED.is_file() and not args.untuned:
+        raise SystemExit(f"no {TUNED}: run with --tune first (or --untuned to use the configs' defaults)")
+    run_all(main_jobs(args.out, args.tasks, args.methods, args.seeds), args.out, args.kept, args.commit)
+
+
+def pick_configs(tuning: Path, methods: Sequence[str]) -> dict:
+    """Per method, the calibration-split frontier area (its own rule, speed-ups 1× to the
+    fastest every tuning run reaches) of each configuration tried, and the largest one picked."""
+    areas: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for index, config in enumerate(CONFIGS):
+        for method in methods:
+            folder = run_dir(tuning / f"config{index}", TUNING_TASK, method, TUNING_SEED)
+            results = json.loads((folder / "results.json").read_text())
+            split, rule = next(iter(results["scores"])), results["config"]["exit"]["rule"]
+            metric = GLUE_TASKS[TUNING_TASK].main_metric
+            with open(folder / "sweep.csv", newline="") as handle:
+                points = [
+                    (float(r["speedup"]), float(r[metric]))
+                    for r in csv.DictReader(handle)
+                    if r["split"] == split and r["rule"] == rule
+                ]
+            areas.setdefault(method, {})[config] = points
+    upto = min(max(s for s, _ in points) for tried in areas.values() for points in tried.values())
+    if upto <= 1.0:
+        raise SystemExit(f"some tuning run's rule never exits early on {TUNING_TASK}: no common speed-up range")
+    tried = {m: {c: frontier_area(points, upto) for c, points in by_config.items()} for m, by_config in areas.items()}
+    return {
+        "task": TUNING_TASK,
+        "seed": TUNING_SEED,
+        "criterion": f"area under the calibration split's Pareto frontier of the method's own rule, 1×–{upto:.2f}×",
+        "tried": tried,
+        "picked": {m: max(by_config, key=by_config.get) for m, by_config in tried.items()},
+    }
 
 
 def run_all(jobs: Sequence[Job], out: Path, kept: Path | None = None, commit_each: bool = False) -> None:

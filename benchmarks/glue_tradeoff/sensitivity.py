@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.glue_tradeoff.run import DEFAULT_OUT, KEPT_RUNS, Job, run_all
+from benchmarks.glue_tradeoff.run import DEFAULT_OUT, KEPT_RUNS, Job, run_all, tuned_configs
 from de3.data.tasks import GLUE_TASKS
 
 VARIANTS = {
@@ -35,9 +35,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--kept", type=Path, default=KEPT_RUNS, help="where their text outputs are copied")
     args = parser.parse_args()
+    tuned = tuple(c for c in [tuned_configs().get("de3")] if c)  # the main de3 runs' configuration
     run_all(
         [
-            Job(variant_dir(args.out, args.task, key, value, seed), args.task, "de3", seed, (f"{key}={value:g}",))
+            Job(
+                variant_dir(args.out, args.task, key, value, seed), args.task, "de3", seed, (*tuned, f"{key}={value:g}")
+            )
             for seed in args.seeds
             for key, values in VARIANTS.items()
             for value in values

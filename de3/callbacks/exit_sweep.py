@@ -138,11 +138,17 @@ class ExitSweep(L.Callback):
                     ),
                 }
             )
-            for rule, entry in summary[first_split]["rules"].items():
-                for target, point in entry["targets"].items():
-                    if point is not None:
-                        run.summary[f"sweep/{rule}/{metric}@{target}x"] = point[metric]
-                if entry["auc"] is not None:
-                    run.summary[f"sweep/{rule}/auc"] = entry["auc"]
+            for split, info in summary.items():
+                for rule, entry in info["rules"].items():
+                    prefix = f"sweep/{split}/{rule}"
+                    for target, point in entry["targets"].items():
+                        if point is not None:
+                            run.summary[f"{prefix}/{metric}@{target}x"] = point[metric]
+                    for target, point in entry.get("deployed", {}).items():  # at the first split's thresholds
+                        if point is not None:
+                            run.summary[f"{prefix}/deployed_{metric}@{target}x"] = point[metric]
+                            run.summary[f"{prefix}/deployed_speedup@{target}x"] = point["speedup"]
+                    if entry["auc"] is not None:
+                        run.summary[f"{prefix}/auc"] = entry["auc"]
         except Exception as err:  # W&B trouble must never cost the sweep's files
             log.warning("could not log the sweep to W&B: %s", err)

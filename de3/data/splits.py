@@ -17,6 +17,7 @@ from de3.errors import De3Error
 from de3.utils.io import write_text_atomic
 
 log = logging.getLogger(__name__)
+MAX_HELD_OUT = 0.5  # a held-out split's minimum row count never takes more than this share of the file
 
 
 def _cut_held_out(task: TaskSpec, data_dir: str | Path | None, source: str) -> dict[str, list[Example]]:
@@ -26,16 +27,22 @@ def _cut_held_out(task: TaskSpec, data_dir: str | Path | None, source: str) -> d
     fractions = dict(layout.held_out)
     while True:  # a split below its minimum takes a larger fraction (rounding is per stratum)
         parts = stratified_split(row_strata, fractions, layout.split_seed)
-        short = {s: n for s, n in layout.held_out_minimum.items() if len(parts[s]) < min(n, len(rows))}
+        short = {s: n for s, n in layout.held_out_minimum.items() if len(parts[s]) < n}
         if not short:
             break
-        fractions.update({s: fractions[s] + (n - len(parts[s])) / len(rows) for s, n in short.items()})
-        if sum(fractions.values()) >= 1:
-            raise De3Error(
-                f"task {task.name!r}: {layout.files['train']} has {len(rows)} rows, too few for held-out splits "
-                f"of at least {dict(layout.held_out_minimum)} rows and a training split; "
-                "lower task.calibration_min_examples, or set task.calibration_fraction=null"
+        fractions = {s: f + (short[s] - len(parts[s])) / len(rows) if s in short else f for s, f in fractions.items()}
+        if sum(fractions.values()) > MAX_HELD_OUT:
+            parts = stratified_split(row_strata, layout.held_out, layout.split_seed)
+            log.warning(
+                "%s has %d rows: held-out splits of at least %s rows would leave less than half of it for "
+                "training, so they take their fractions %s instead (%s); thresholds chosen on few rows are noisy",
+                layout.files["train"],
+                len(rows),
+                dict(layout.held_out_minimum),
+                dict(layout.held_out),
+                ", ".join(f"{s} {len(parts[s])} rows" for s in layout.held_out),
             )
+            break
     for split, fraction in layout.held_out.items():
         if not parts[split]:
             raise De3Error(
