@@ -94,10 +94,10 @@ def run_cli(
     *args: str, cwd: Path, glue_dir: Path, timeout: int = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """`python run.py *args` as a user runs it, logs under `cwd`, on the fake GLUE files (with no
-    calibration split unless `args` set one)."""
+    calibration split: the fake files are too small)."""
     env = {**os.environ, "DE3_GLUE_DIR": str(glue_dir), "WANDB_SILENT": "true", **(env or {})}
     return subprocess.run(
-        [sys.executable, str(REPO / "run.py"), NO_CALIBRATION, *args, f"paths.log_dir={cwd}"],
+        [sys.executable, str(REPO / "run.py"), *args, NO_CALIBRATION, f"paths.log_dir={cwd}"],
         capture_output=True,
         text=True,
         cwd=cwd,

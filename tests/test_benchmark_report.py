@@ -72,7 +72,7 @@ def test_report_tables_from_kept_run_outputs(tiny_config, tmp_path, monkeypatch)
     assert "## Rule effect" in text and "| edr |" in text
     assert "| 16 |" in text.split("EDR's λ")[1]  # λ re-simulated by the driver (edr_lambda.csv)
     assert "| loss.alpha=0.3 |" in text
-    matched = text.split("## Compute-matched control")[1].split("##")[0]
+    matched = text.split("## Compute-matched control")[1].split("\n## ")[0]
     assert f"| de3-matched | {2 * driver.EPOCHS} | {de3_row.split(' | ')[2]} |" in matched  # the copy of de3's run
     assert "Not tuned" in text.split("## Hyperparameters")[1]
     assert (tmp_path / "curves_rte.png").is_file()
