@@ -3,6 +3,7 @@ kept as the driver lays them out and keeps them."""
 
 import json
 import shutil
+import subprocess
 
 import pytest
 
@@ -141,3 +142,37 @@ def test_every_method_tries_the_same_configurations_and_the_best_calibration_are
     picked = driver.pick_configs(tmp_path, methods)
     assert picked["picked"] == {"de3": driver.CONFIGS[1], "pabee": driver.CONFIGS[0]}
     assert picked["tried"]["de3"][driver.CONFIGS[2]] == pytest.approx(0.8)  # a flat frontier's mean reading
+
+
+def test_a_run_kept_by_an_earlier_session_is_not_run_again(tmp_path, monkeypatch):
+    out, kept = tmp_path / "out", tmp_path / "kept"
+    done, todo = (driver.Job(out / "rte" / m / "seed42", "rte", m, 42) for m in ("de3", "pabee"))
+    copy = driver.kept_folder(done, out, kept)
+    copy.mkdir(parents=True)
+    (copy / "results.json").write_text("{}")
+    (copy / "sweep.csv").write_text("split\n")
+    ran = []
+    monkeypatch.setattr(driver, "run_one", lambda job: ran.append(job) or False)
+    with pytest.raises(SystemExit, match="1 runs failed"):
+        driver.run_all([done, todo], out, kept)
+    assert ran == [todo]  # a fresh clone resumes from the committed copies
+
+
+def test_commit_waits_out_a_busy_index_and_never_stops_the_benchmark(tmp_path, monkeypatch, capsys):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    for key, value in (("user.name", "t"), ("user.email", "t@t")):
+        subprocess.run(["git", "-C", str(tmp_path), "config", key, value], check=True)
+    monkeypatch.setattr(driver, "REPO_ROOT", tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text("{}")
+    (tmp_path / ".git" / "index.lock").write_text("")  # another git command at work
+    driver.commit(tmp_path / "run", "a run", attempts=2, wait_s=0)
+    assert "could not commit" in capsys.readouterr().out
+    (tmp_path / ".git" / "index.lock").unlink()
+    driver.commit(tmp_path / "run", "a run", wait_s=0)
+    log = subprocess.run(
+        ["git", "-C", str(tmp_path), "log", "--format=%s", "--name-only"], capture_output=True, text=True
+    )
+    assert log.stdout.split() == ["a", "run", "run/results.json"]
+    driver.commit(tmp_path / "run", "again", wait_s=0)  # nothing new: no empty commit, no error
+    assert "again" not in subprocess.run(["git", "-C", str(tmp_path), "log"], capture_output=True, text=True).stdout

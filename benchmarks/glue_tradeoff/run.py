@@ -6,8 +6,9 @@ Each run is `python run.py experiment=<method> task=<task> seed=<seed>` with the
 in its own folder `<out>/<task>/<method>/seed<seed>/`. Checkpoints are selected and every
 threshold chosen on the calibration split (the config's default: a seeded, stratified 10% of
 the training file, at least 300 rows, held out from training); dev is only scored. A folder
-that already holds `results.json` and `sweep.csv` is finished and skipped, so rerunning the
-command continues where it stopped. A method that trains exactly as another (`TRAINED_AS`)
+that already holds `results.json` and `sweep.csv`, here or in its kept copy (below), is finished
+and skipped, so rerunning the command continues where it stopped, on this machine or a fresh
+clone of the repository. A method that trains exactly as another (`TRAINED_AS`)
 does not train the same weights again: its run is `mode=sweep` on the other's checkpoint with
 its own exit rule. Checkpoints (hundreds of MB each) are deleted once no pending run needs them.
 
@@ -166,9 +167,14 @@ def edr_lambda_rows(folder: Path) -> list[dict]:
     return [row for lam in LAMBDAS for row in sweep_splits(caches, task, {"edr": {"lam": lam}}, flops=None)]
 
 
+def kept_folder(job: Job, out: Path, kept: Path) -> Path:
+    """Where `job`'s text outputs are kept: the same relative folder under `kept` as under `out`."""
+    return kept / job.directory.relative_to(out)
+
+
 def keep_outputs(job: Job, out: Path, kept: Path) -> Path:
-    """Copy a finished run's small text outputs to `kept` (same relative folder as under `out`)."""
-    destination = kept / job.directory.relative_to(out)
+    """Copy a finished run's small text outputs to `kept_folder`."""
+    destination = kept_folder(job, out, kept)
     destination.mkdir(parents=True, exist_ok=True)
     for name in KEPT:
         if (job.directory / name).is_file():
@@ -178,10 +184,27 @@ def keep_outputs(job: Job, out: Path, kept: Path) -> Path:
     return destination
 
 
-def commit(folder: Path, message: str) -> None:
-    """Commit `folder`'s files (and nothing else staged) to the repository."""
-    subprocess.run(["git", "add", str(folder)], cwd=REPO_ROOT, check=True)
-    subprocess.run(["git", "commit", "-q", "-m", message, "--", str(folder)], cwd=REPO_ROOT, check=True)
+def git(*args: str) -> subprocess.CompletedProcess:
+    """`git <args>` in the repository, its output captured."""
+    return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+
+
+def commit(path: Path, message: str, attempts: int = 5, wait_s: float = 10.0) -> None:
+    """Commit `path` (and nothing else staged) to the repository. Another git command holding
+    the index lock only delays it; a commit that still fails is reported and its files stay on
+    disk, uncommitted: it never stops the benchmark."""
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(wait_s)
+        result = git("add", str(path))
+        if result.returncode:
+            continue
+        if git("diff", "--cached", "--quiet", "--", str(path)).returncode == 0:
+            return  # nothing new
+        result = git("commit", "-q", "-m", message, "--", str(path))
+        if result.returncode == 0:
+            return
+    print(f"warning: could not commit {path}: {(result.stderr or result.stdout).strip()}", flush=True)
 
 
 def tuned_configs() -> dict[str, str]:
@@ -306,7 +329,11 @@ def run_all(jobs: Sequence[Job], out: Path, kept: Path | None = None, commit_eac
     """Run every job not finished yet, with a progress line per run (and the time left at the
     mean pace so far); keep (and commit) each finished run's text outputs; delete each
     checkpoint once no pending job sweeps it."""
-    todo = [job for job in jobs if not is_finished(job.directory)]
+    todo = [
+        job
+        for job in jobs
+        if not is_finished(job.directory) and not (kept is not None and is_finished(kept_folder(job, out, kept)))
+    ]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished; {len(todo)} to go", flush=True)
     failed, spent = [], 0.0
     for index, job in enumerate(todo):
