@@ -300,7 +300,10 @@ JOBS = {"train": train, "sweep": sweep, "predict": predict, "serve": serve}
 
 def require_hub_inputs(cfg: DictConfig) -> None:
     """Fail at once, naming each of them, when the model or data `train` needs are not local
-    and the Hugging Face hub is unreachable (rather than after minutes of download retries)."""
+    and the Hugging Face hub is unreachable (rather than after minutes of download retries). A
+    custom task's files are local paths, checked when they are read."""
+    if cfg.task.get("files") is not None:
+        return
     task = task_from_config(cfg.task)
     splits = ("train", *task.eval_splits)
     missing = missing_hub_inputs(cfg.backbone, task, splits, cfg.data.data_dir, cfg.data.source)

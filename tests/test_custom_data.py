@@ -142,8 +142,9 @@ def test_custom_config_errors(fields, message):
 
 
 def test_one_latin1_file_without_label_names_trains_and_predicts_label_names(tiny_config, tmp_path):
-    """The README's one-command example, then predictions that carry the label names."""
-    from de3.jobs import predict, train
+    """The README's one-command example (through `run`, as run.py dispatches it: the label names
+    are not known until the file is read), then predictions that carry the label names."""
+    from de3.jobs import predict, run
 
     command = [
         "task=custom",
@@ -152,7 +153,7 @@ def test_one_latin1_file_without_label_names_trains_and_predicts_label_names(tin
         "task.label_column=sentiment",
         "data.batch_size=32",  # one epoch within debug=fast's 4 steps, so validation runs
     ]
-    train(tiny_config(*command))
+    run(tiny_config(*command))
     results = json.loads((tmp_path / "results.json").read_text())
     checkpoint = torch.load(results["checkpoint"], weights_only=True)
     assert checkpoint["hyper_parameters"]["task"]["label_names"] == TWEET_LABELS
