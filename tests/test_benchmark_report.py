@@ -14,6 +14,7 @@ from de3.exit_cache import load_exit_caches
 from de3.flops import layer_speedup
 from de3.jobs import train
 from de3.models.exit_rules import decide, get_rule, rule_indicator
+from de3.sweep import frontier_area
 from tests.conftest import compose_config
 
 CALIBRATED = ("task.calibration_fraction=0.1", "task.calibration_min_examples=4")  # 4 of fake RTE's 24 rows
@@ -72,7 +73,12 @@ def test_report_tables_from_kept_run_outputs(tiny_config, tmp_path, monkeypatch)
         ) in paired
     assert "## Rule effect" in text and "| edr |" in text
     assert "| 16 |" in text.split("EDR's λ")[1]  # λ re-simulated by the driver (edr_lambda.csv)
-    assert "| loss.alpha=0.3 |" in text
+    ablations = text.split("## DE³ ablations")[1].split("\n## ")[0]
+    scores = json.loads((kept / "rte" / "de3" / "seed42" / "results.json").read_text())["scores"]
+    variant_row = next(line for line in ablations.splitlines() if line.startswith("| loss.alpha=0.3 |"))
+    assert variant_row.split(" | ")[1] == f"{100 * scores['calibration']['accuracy'][-1]:.1f} (1)"
+    edr_calibration = [(r["speedup"], r["accuracy"]) for r in de3_run.chosen_rows if r["rule"] == "edr"]
+    assert variant_row.split(" | ")[2] == f"{100 * frontier_area(edr_calibration, max(TARGETS)):.1f} (1)"
     matched = text.split("## Compute-matched control")[1].split("\n## ")[0]
     assert f"| de3-matched | {2 * driver.EPOCHS} | {de3_row.split(' | ')[2]} |" in matched  # the copy of de3's run
     assert "Not tuned" in text.split("## Hyperparameters")[1]
@@ -176,3 +182,16 @@ def test_commit_waits_out_a_busy_index_and_never_stops_the_benchmark(tmp_path, m
     assert log.stdout.split() == ["a", "run", "run/results.json"]
     driver.commit(tmp_path / "run", "again", wait_s=0)  # nothing new: no empty commit, no error
     assert "again" not in subprocess.run(["git", "-C", str(tmp_path), "log"], capture_output=True, text=True).stdout
+
+
+def test_ablation_overrides_are_what_hydra_reads(tmp_path):
+    from benchmarks.glue_tradeoff.sensitivity import VARIANTS, override
+
+    assert override("model.prototypes.detach_backbone", True) == "model.prototypes.detach_backbone=true"
+    assert override("loss.alpha", 0.0) == "loss.alpha=0"
+    assert override("model.prototypes.dim", 64) == "model.prototypes.dim=64"
+    config = compose_config(
+        ["experiment=de3", *(override(key, values[0]) for key, values in VARIANTS.items())], tmp_path
+    )
+    assert config.loss.alpha == 0 and config.model.prototypes.detach_backbone is True
+    assert config.model.prototypes.dim == 64
