@@ -14,13 +14,13 @@ from de3.exit_cache import load_exit_caches
 from de3.flops import layer_speedup
 from de3.jobs import train
 from de3.models.exit_rules import decide, get_rule, rule_indicator
-from de3.sweep import frontier_area
+from de3.sweep import frontier_area, frontier_score
 from tests.conftest import compose_config
 
 CALIBRATED = ("task.calibration_fraction=0.1", "task.calibration_min_examples=4")  # 4 of fake RTE's 24 rows
 
 
-def test_report_tables_from_kept_run_outputs(tiny_config, tmp_path, monkeypatch):
+def test_report_tables_from_kept_run_outputs(tiny_config, glue_dir, tmp_path, monkeypatch):
     out, kept = tmp_path / "out", tmp_path / "kept"
     for method in ("de3", "pabee"):
         folder = out / "rte" / method / "seed42"
@@ -47,7 +47,7 @@ def test_report_tables_from_kept_run_outputs(tiny_config, tmp_path, monkeypatch)
         ("rte", "pabee", 42, "patience", "calibration"),
     ]
     de3_run = next(r for r in runs if r.method == "de3")
-    text = report(runs, load_sensitivity(kept), "the command", tmp_path)
+    text = report(runs, load_sensitivity(kept), "the command", tmp_path, glue_dir)
     de3_row = next(line for line in text.splitlines() if line.startswith("| de3 | edr |"))
     assert de3_row.split(" | ")[2] == f"{100 * de3_run.full_depth:.1f} (1)"  # the final exit's dev score
     assert "| pcee | — |" in text  # no run yet: a dash, not a number
@@ -73,6 +73,26 @@ def test_report_tables_from_kept_run_outputs(tiny_config, tmp_path, monkeypatch)
         ) in paired
     assert "## Rule effect" in text and "| edr |" in text
     assert "| 16 |" in text.split("EDR's λ")[1]  # λ re-simulated by the driver (edr_lambda.csv)
+    # the task's heading: the best constant answer, counted from fake RTE's dev labels here
+    labels = [line.rsplit("\t", 1)[-1] for line in (glue_dir / "RTE" / "dev.tsv").read_text().splitlines()[1:]]
+    majority = max(labels.count(name) for name in set(labels)) / len(labels)
+    assert f"The best constant answer scores {100 * majority:.1f} on dev." in text
+    # area over the speed-ups both runs reach; oracle cells marked where interpolated
+    upto = min(max(s for s, _ in r.points()) for r in runs)
+    header = next(line for line in text.splitlines() if line.startswith("| method | rule | full depth |"))
+    assert upto == 1.0  # the tiny pabee run's patience never exits early on dev: no common range
+    assert header.endswith("| area (some run never exits early) |") and de3_row.endswith("| — |")
+    de3_only = report([de3_run], {}, "the command", tmp_path, glue_dir)
+    area_row = next(line for line in de3_only.splitlines() if line.startswith("| de3 | edr |"))
+    assert f"| area 1–{de3_run.fastest():.2f}× (oracle) |" in de3_only
+    assert area_row.split(" | ")[-1] == f"{100 * frontier_area(de3_run.points(), de3_run.fastest()):.1f} (1) |"
+    oracle_cells = de3_row.split(" | ")[4:-1:2]
+    for target, oracle in zip(TARGETS, oracle_cells):
+        assert oracle.endswith("*") == frontier_score(de3_run.points(), target)[1]
+    retention = text.split("## Retention")[1].split("### 2.0×")[1].split("###")[0]
+    reading = de3_run.calibrated_at(2.0)
+    expected_retention = "not reached" if reading is None else f"{100 * reading[0] / de3_run.full_depth:.1f}% (1)"
+    assert f"| de3 | {expected_retention} |" in retention
     ablations = text.split("## DE³ ablations")[1].split("\n## ")[0]
     scores = json.loads((kept / "rte" / "de3" / "seed42" / "results.json").read_text())["scores"]
     variant_row = next(line for line in ablations.splitlines() if line.startswith("| loss.alpha=0.3 |"))

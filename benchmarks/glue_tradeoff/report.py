@@ -8,6 +8,10 @@ only rule for them) at the target speed-ups, two ways: *calibrated* (the headlin
 threshold chosen on the calibration split, scored once on dev, with the speed-up it reached
 there) and *oracle on dev* (dev's own Pareto frontier read at the target, as papers report).
 Cells average over seeds and say how many they hold; runs not finished yet are left out.
+Beside them: the area under each dev frontier over the speed-ups every run of a task reaches,
+each method's retention of its own full depth, and, per task, the best constant answer's dev
+score (from the GLUE dev file, `--data-dir`), with the task marked at chance when every method's
+full depth stays within 3 points of it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import csv
 import datetime
 import json
+import os
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -25,6 +30,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 
 from benchmarks.glue_tradeoff.run import (  # noqa: E402
     EPOCHS,
@@ -45,14 +51,22 @@ from benchmarks.glue_tradeoff.run import (  # noqa: E402
     seeds_of,
 )
 from benchmarks.per_exit_table import machine  # noqa: E402
+from de3.data.sources import load_split  # noqa: E402
 from de3.data.tasks import GLUE_TASKS  # noqa: E402
+from de3.errors import De3Error  # noqa: E402
+from de3.metrics import make_metric  # noqa: E402
 from de3.sweep import frontier_area, frontier_score, reaching  # noqa: E402
+from de3.utils.config import REPO_ROOT  # noqa: E402
 from de3.utils.io import atomic_path, write_text_atomic  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FINDINGS = HERE / "findings.md"  # the hand-written reading of the tables, placed above them
 TARGETS = (1.5, 2.0, 3.0)
 RULE_ORDER = ("edr", "dr", "entropy", "maxprob", "patience", "pcee", "dge")
+CHANCE_MARGIN = 0.03  # a task is "at chance" when every method's full depth is this close to a constant answer
+INTERPOLATED = "*"
+SHARED_DIR = Path(os.environ.get("DE3_SHARED_DIR") or REPO_ROOT.parent / "shared")
+DEFAULT_GLUE_DIR = Path(os.environ.get("DE3_GLUE_DIR") or SHARED_DIR / "data" / "glue")  # as conf/paths
 
 
 def read_sweep_csv(path: Path) -> list[dict]:
@@ -93,6 +107,14 @@ class Run:
     def score_at(self, target: float, rule: str | None = None) -> float | None:
         """Oracle on dev: dev's own Pareto frontier read at `target` (interpolated)."""
         return frontier_score(self.points(rule), target)[0]
+
+    def interpolated_at(self, target: float, rule: str | None = None) -> bool:
+        """Whether the oracle reading at `target` lies between two Pareto points (no point there)."""
+        return frontier_score(self.points(rule), target)[1]
+
+    def fastest(self) -> float:
+        """The largest speed-up the own rule reaches on dev."""
+        return max(s for s, _ in self.points())
 
     def chosen_area(self, upto: float) -> float | None:
         """The area under the own rule's frontier on the split thresholds are chosen on, 1×–`upto`
@@ -162,6 +184,47 @@ def load_sensitivity(out: Path) -> dict[str, dict[str, list[Run]]]:
     return found
 
 
+def constant_answer_score(task: str, data_dir: Path) -> float | None:
+    """The best main-metric score on dev of answering one class for every example (GLUE's
+    metric definitions, `de3.metrics`): what a model that learned nothing gets. None for
+    regression, or when the dev file is not at `data_dir`."""
+    spec = GLUE_TASKS[task]
+    if spec.is_regression:
+        return None
+    try:
+        labels = torch.tensor([e.label for e in load_split(spec, spec.eval_splits[0], data_dir, source="local")])
+    except De3Error:
+        return None
+    scores = []
+    for answer in range(spec.num_outputs):
+        metric = make_metric(spec.main_metric, spec.num_outputs)
+        metric.update(torch.full_like(labels, answer), labels)
+        scores.append(float(metric.compute()))
+    return max(scores)
+
+
+def chance_note(task: str, by_method: dict[str, list[Run]], data_dir: Path) -> list[str]:
+    """A line naming the constant answer's dev score, and saying the task is at chance for
+    this backbone when every method's mean full depth lies within `CHANCE_MARGIN` of it."""
+    constant = constant_answer_score(task, data_dir)
+    if constant is None:
+        return []
+    depths = [statistics.fmean(r.full_depth for r in runs) for runs in by_method.values() if runs]
+    line = f"The best constant answer scores {100 * constant:.1f} on dev."
+    if depths and all(abs(d - constant) <= CHANCE_MARGIN for d in depths):
+        line += (
+            f" **At chance for this backbone**: every method's full depth is within {100 * CHANCE_MARGIN:.0f} "
+            "points of it, so this task does not separate the methods."
+        )
+    return [line, ""]
+
+
+def area_cell(runs: list[Run], upto: float) -> str:
+    """The mean score under each run's dev Pareto frontier over 1×–`upto`, over seeds ("—"
+    without runs or without a common range, when some run never exits early)."""
+    return mean_std([frontier_area(r.points(), upto) for r in runs]) if runs and upto > 1.0 else "—"
+
+
 def section(title: str, *text: str) -> list[str]:
     """A `##` heading and its explanatory lines, as markdown lines."""
     return [f"## {title}", "", *text, ""]
@@ -187,7 +250,8 @@ def cell(runs: list[Run], target: float | None, rule: str | None = None) -> tupl
     values = [r.full_depth if target is None else r.score_at(target, rule) for r in runs]
     if not values or any(v is None for v in values):
         return ("not reached" if values else "—"), None
-    return mean_std(values), statistics.fmean(values)
+    interpolated = target is not None and any(r.interpolated_at(target, rule) for r in runs)
+    return mean_std(values) + (INTERPOLATED if interpolated else ""), statistics.fmean(values)
 
 
 def calibrated_cell(readings: list[tuple[float, float] | None]) -> tuple[str, float | None]:
@@ -251,7 +315,13 @@ def plot_task(task: str, by_method: dict[str, list[Run]], path: Path) -> None:
     plt.close(fig)
 
 
-def report(runs: list[Run], sensitivity: dict[str, dict[str, list[Run]]], command: str, figures: Path) -> str:
+def report(
+    runs: list[Run],
+    sensitivity: dict[str, dict[str, list[Run]]],
+    command: str,
+    figures: Path,
+    data_dir: Path = DEFAULT_GLUE_DIR,
+) -> str:
     """RESULTS.md's text; the per-task curves are written into `figures` (beside RESULTS.md)."""
     by_task: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
@@ -278,7 +348,11 @@ def report(runs: list[Run], sensitivity: dict[str, dict[str, list[Run]]], comman
         "dev (mean, then the range over seeds). **Oracle on dev** (what papers report): dev's own Pareto "
         "frontier read at the target, interpolated linearly between the two Pareto points around it "
         "(`de3.sweep.frontier_score`; the lines of the curves). Scores ×100, mean ± std over seeds (n seeds in "
-        'brackets), each method with its own exit rule. "not reached": some seed\'s rule never got that fast.',
+        'brackets), each method with its own exit rule. "not reached": some seed\'s rule never got that fast; '
+        f"{INTERPOLATED}: interpolated in at least one seed (no sweep point at the target).",
+        "- Area: the mean score under the dev Pareto frontier over a speed-up range every run of the task "
+        "reaches (`de3.sweep.frontier_area`): a reading of the whole curve that does not depend on where a "
+        "coarse threshold grid happens to put its points.",
         "- STS-B is regression: every method there exits by PABEE's regression patience (the only rule "
         "defined without classes), so its methods differ in training only; DE³ needs classes (n/a).",
         f"- {', '.join(f'{a} trains exactly as {b}' for a, b in TRAINED_AS.items())} (same scheme and seed, so "
@@ -291,9 +365,11 @@ def report(runs: list[Run], sensitivity: dict[str, dict[str, list[Run]]], comman
         lines += _main_table(by_task, tasks, target)
     for task in tasks:
         spec = GLUE_TASKS[task]
+        upto = min(r.fastest() for method_runs in by_task[task].values() for r in method_runs)
         lines += [
             f"## {task} ({spec.main_metric})",
             "",
+            *chance_note(task, {m: by_task[task].get(m, []) for m in METHODS}, data_dir),
             f"![{task}](curves_{task}.png)",
             "",
             *table_header(
@@ -301,6 +377,7 @@ def report(runs: list[Run], sensitivity: dict[str, dict[str, list[Run]]], comman
                 "rule",
                 "full depth",
                 *(f"{t}× {kind}" for t in TARGETS for kind in ("calibrated", "oracle")),
+                f"area 1–{upto:.2f}× (oracle)" if upto > 1.0 else "area (some run never exits early)",
                 names=2,
             ),
         ]
@@ -308,18 +385,22 @@ def report(runs: list[Run], sensitivity: dict[str, dict[str, list[Run]]], comman
             method_runs = by_task[task].get(method, [])
             if not applicable(task, method):
                 lines.append(
-                    f"| {method} | — | n/a: prototypes need classes | " + " | ".join("—" for _ in TARGETS * 2) + " |"
+                    f"| {method} | — | n/a: prototypes need classes | "
+                    + " | ".join("—" for _ in TARGETS * 2)
+                    + " | — |"
                 )
                 continue
             rule = method_runs[0].rule if method_runs else "—"
             cells = [cell(method_runs, None)[0]]
             cells += [c for t in TARGETS for c in (calibrated(method_runs, t)[0], cell(method_runs, t)[0])]
+            cells.append(area_cell(method_runs, upto))
             lines.append(f"| {method} | {rule} | " + " | ".join(cells) + " |")
         lines.append("")
         plot_task(task, by_task[task], figures / f"curves_{task}.png")
     lines += _tuning()
     lines += _compute_matched(by_task, tasks)
     lines += _paired_against_de3(by_task, tasks)
+    lines += _retention(by_task, tasks)
     lines += _rule_effect(by_task, tasks)
     lines += _lambda_sensitivity(by_task, tasks)
     lines += _sensitivity(by_task, sensitivity)
@@ -418,6 +499,30 @@ def _paired_against_de3(by_task, tasks: list[str]) -> list[str]:
                 spread = f" ± {statistics.stdev(gaps):.1f}" if len(gaps) > 1 else ""
                 wins = sum(g > 0 for g in gaps)
                 cells.append(f"{statistics.fmean(gaps):+.1f}{spread} ({wins}/{len(gaps)})")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _retention(by_task, tasks: list[str]) -> list[str]:
+    """Each method's calibrated dev score as a percentage of its own full-depth dev score, seed by seed."""
+    lines = section(
+        "Retention: calibrated score as a share of the method's own full depth",
+        "Per seed, the calibrated dev score at the target divided by the same run's full-depth dev score "
+        "(%, mean ± std over seeds): how much of its own quality each method keeps, apart from how good "
+        "its full depth is.",
+    )
+    for target in TARGETS:
+        lines += [f"### {target}× speed-up", "", *table_header("method", *tasks)]
+        for method in METHODS:
+            cells = []
+            for task in tasks:
+                runs = by_task[task].get(method, [])
+                readings = [(r.calibrated_at(target) or (None,))[0] for r in runs]
+                if not runs or None in readings or any(r.full_depth <= 0 for r in runs):
+                    cells.append("not reached" if runs and None in readings else "—")
+                    continue
+                cells.append(mean_std([v / r.full_depth for v, r in zip(readings, runs)]).replace(" (", "% ("))
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
@@ -528,11 +633,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=KEPT_RUNS, help="the runs' kept outputs (run.py --kept)")
     parser.add_argument("--command", default="python -m benchmarks.glue_tradeoff.run", help="what produced the runs")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_GLUE_DIR, help="GLUE files (dev labels: chance)")
     args = parser.parse_args()
     runs = load_runs(args.runs)
     if not runs:
         raise SystemExit(f"no finished runs under {args.runs}: run python -m benchmarks.glue_tradeoff.run first")
-    write_text_atomic(HERE / "RESULTS.md", report(runs, load_sensitivity(args.runs), args.command, HERE))
+    write_text_atomic(HERE / "RESULTS.md", report(runs, load_sensitivity(args.runs), args.command, HERE, args.data_dir))
     print(f"wrote {HERE / 'RESULTS.md'} from {len(runs)} runs")
 
 
