@@ -93,6 +93,9 @@ def test_report_tables_from_kept_run_outputs(tiny_config, glue_dir, tmp_path, mo
     reading = de3_run.calibrated_at(2.0)
     expected_retention = "not reached" if reading is None else f"{100 * reading[0] / de3_run.full_depth:.1f}% (1)"
     assert f"| de3 | {expected_retention} |" in retention
+    per_exit = text.split("## Per-exit dev scores")[1].split("\n## ")[0]
+    exits = json.loads((kept / "rte" / "de3" / "seed42" / "results.json").read_text())["scores"]["validation"]
+    assert "| de3 | " + " | ".join(f"{100 * v:.1f} (1)" for v in exits["accuracy"]) + " |" in per_exit
     ablations = text.split("## DE³ ablations")[1].split("\n## ")[0]
     scores = json.loads((kept / "rte" / "de3" / "seed42" / "results.json").read_text())["scores"]
     variant_row = next(line for line in ablations.splitlines() if line.startswith("| loss.alpha=0.3 |"))

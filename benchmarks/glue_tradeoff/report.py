@@ -89,6 +89,7 @@ class Run:
     seed: int
     rule: str
     full_depth: float
+    per_exit: list[float]  # dev, exit 1 … L
     chosen_full_depth: float
     rows: list[dict]
     chosen_rows: list[dict]
@@ -158,6 +159,7 @@ def load_run(folder: Path, method: str) -> Run | None:
         seed=int(config["seed"]),
         rule="patience" if spec.is_regression else config["exit"]["rule"],
         full_depth=results["scores"][dev][spec.main_metric][-1],
+        per_exit=results["scores"][dev][spec.main_metric],
         chosen_full_depth=results["scores"][chosen_on][spec.main_metric][-1],
         rows=[r for r in rows if r["split"] == dev],
         chosen_rows=[r for r in rows if r["split"] == chosen_on],
@@ -401,6 +403,7 @@ def report(
     lines += _compute_matched(by_task, tasks)
     lines += _paired_against_de3(by_task, tasks)
     lines += _retention(by_task, tasks)
+    lines += _per_exit(by_task, tasks)
     lines += _rule_effect(by_task, tasks)
     lines += _lambda_sensitivity(by_task, tasks)
     lines += _sensitivity(by_task, sensitivity)
@@ -523,6 +526,27 @@ def _retention(by_task, tasks: list[str]) -> list[str]:
                     cells.append("not reached" if runs and None in readings else "—")
                     continue
                 cells.append(mean_std([v / r.full_depth for v, r in zip(readings, runs)]).replace(" (", "% ("))
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _per_exit(by_task, tasks: list[str]) -> list[str]:
+    """Every exit's dev score, as each method trained it (no early exit: all examples at that exit)."""
+    lines = section(
+        "Per-exit dev scores",
+        "Each exit scored on all of dev (×100, mean ± std over seeds): what each training scheme makes "
+        "of the internal layers. Methods that sweep another's checkpoint show that checkpoint's exits.",
+    )
+    for task in tasks:
+        found = [(m, runs) for m in METHODS if (runs := by_task[task].get(m))]
+        if not found:
+            continue
+        layers = len(found[0][1][0].per_exit)
+        lines += [f"### {task} ({GLUE_TASKS[task].main_metric})", ""]
+        lines += table_header("method", *(f"exit {i + 1}" for i in range(layers)))
+        for method, runs in found:
+            cells = [mean_std([r.per_exit[i] for r in runs]) for i in range(layers)]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
