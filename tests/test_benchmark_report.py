@@ -39,6 +39,7 @@ def test_report_tables_from_kept_run_outputs(tiny_config, glue_dir, tmp_path, mo
     shutil.copytree(kept / "rte" / "de3" / "seed42", kept / "sensitivity" / "rte" / "loss.alpha=0.3" / "seed42")
     shutil.copytree(kept / "rte" / "de3" / "seed42", kept / "rte" / "de3-matched" / "seed42")
     monkeypatch.setattr(report_module, "MATCHED_TASKS", ("rte",))
+    monkeypatch.setattr(report_module, "TUNED", tmp_path / "tuned.json")  # not tuned (the repository's is)
 
     runs = load_runs(kept)
     assert sorted((r.task, r.method, r.seed, r.rule, r.chosen_on) for r in runs) == [
