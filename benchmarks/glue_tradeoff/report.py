@@ -109,10 +109,6 @@ class Run:
         """Oracle on dev: dev's own Pareto frontier read at `target` (interpolated)."""
         return frontier_score(self.points(rule), target)[0]
 
-    def interpolated_at(self, target: float, rule: str | None = None) -> bool:
-        """Whether the oracle reading at `target` lies between two Pareto points (no point there)."""
-        return frontier_score(self.points(rule), target)[1]
-
     def fastest(self) -> float:
         """The largest speed-up the own rule reaches on dev."""
         return max(s for s, _ in self.points())
@@ -249,10 +245,11 @@ def mean_std(values: list[float]) -> str:
 def cell(runs: list[Run], target: float | None, rule: str | None = None) -> tuple[str, float | None]:
     """An oracle (or, with `target` None, full-depth) cell over seeds, and its mean (None when
     some seed never reaches the target)."""
-    values = [r.full_depth if target is None else r.score_at(target, rule) for r in runs]
+    readings = [(r.full_depth, False) if target is None else frontier_score(r.points(rule), target) for r in runs]
+    values = [value for value, _ in readings]
     if not values or any(v is None for v in values):
         return ("not reached" if values else "—"), None
-    interpolated = target is not None and any(r.interpolated_at(target, rule) for r in runs)
+    interpolated = any(flag for _, flag in readings)
     return mean_std(values) + (INTERPOLATED if interpolated else ""), statistics.fmean(values)
 
 
