@@ -179,7 +179,7 @@ def test_a_run_kept_by_an_earlier_session_is_not_run_again(tmp_path, monkeypatch
     done, todo = (driver.Job(out / "rte" / m / "seed42", "rte", m, 42) for m in ("de3", "pabee"))
     copy = driver.kept_folder(done, out, kept)
     copy.mkdir(parents=True)
-    (copy / "results.json").write_text("{}")
+    (copy / "results.json").write_text(json.dumps({"task": "rte", "wall_time_s": 260.0}))
     (copy / "sweep.csv").write_text("split\n")
     ran = []
     monkeypatch.setattr(driver, "run_one", lambda job: ran.append(job) or False)
@@ -188,11 +188,32 @@ def test_a_run_kept_by_an_earlier_session_is_not_run_again(tmp_path, monkeypatch
     assert ran == [todo]  # a fresh clone resumes from the committed copies
 
 
-def test_commit_waits_out_a_busy_index_and_never_stops_the_benchmark(tmp_path, monkeypatch, capsys):
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+def test_time_left_comes_from_past_runs_of_the_same_task_and_method(tmp_path):
+    def job(task: str, method: str) -> driver.Job:
+        return driver.Job(driver.run_dir(tmp_path, task, method, 42), task, method, 42)
+
+    assert driver.expected_seconds([job("rte", "de3")], {}) is None
+    for task, method, seconds in (("rte", "de3", 100.0), ("rte", "de3", 200.0), ("mrpc", "pabee", 60.0)):
+        kept = driver.run_dir(tmp_path / "kept", task, method, int(seconds))
+        kept.mkdir(parents=True)
+        (kept / "results.json").write_text(json.dumps({"task": task, "wall_time_s": seconds}))
+    past = driver.past_wall_times(tmp_path / "kept")
+    assert past == {("rte", "de3"): [100.0, 200.0], ("mrpc", "pabee"): [60.0]}
+    same_task_and_method, same_method, any_run = 150.0, 60.0, 120.0
+    jobs = [job("rte", "de3"), job("sst2", "pabee"), job("stsb", "badge")]
+    assert driver.expected_seconds(jobs, past) == same_task_and_method + same_method + any_run
+
+
+def git_repo_as_repo_root(path, monkeypatch) -> None:
+    """An empty git repository at `path`, which the driver's and report's git commands then use."""
+    subprocess.run(["git", "init", "-q", str(path)], check=True)
     for key, value in (("user.name", "t"), ("user.email", "t@t")):
-        subprocess.run(["git", "-C", str(tmp_path), "config", key, value], check=True)
-    monkeypatch.setattr(driver, "REPO_ROOT", tmp_path)
+        subprocess.run(["git", "-C", str(path), "config", key, value], check=True)
+    monkeypatch.setattr(driver, "REPO_ROOT", path)
+
+
+def test_commit_waits_out_a_busy_index_and_never_stops_the_benchmark(tmp_path, monkeypatch, capsys):
+    git_repo_as_repo_root(tmp_path, monkeypatch)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "results.json").write_text("{}")
     (tmp_path / ".git" / "index.lock").write_text("")  # another git command at work
@@ -206,6 +227,25 @@ def test_commit_waits_out_a_busy_index_and_never_stops_the_benchmark(tmp_path, m
     assert log.stdout.split() == ["a", "run", "run/results.json"]
     driver.commit(tmp_path / "run", "again", wait_s=0)  # nothing new: no empty commit, no error
     assert "again" not in subprocess.run(["git", "-C", str(tmp_path), "log"], capture_output=True, text=True).stdout
+
+
+def test_report_says_whether_the_training_code_changed_between_the_runs_commits(tmp_path, monkeypatch):
+    git_repo_as_repo_root(tmp_path, monkeypatch)
+
+    def commit_file(path: str, text: str) -> str:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+        driver.commit(tmp_path / path, path, wait_s=0)
+        return driver.git("rev-parse", "HEAD").stdout.strip()
+
+    first = commit_file("de3/model.py", "v1")
+    benchmark_only = commit_file("benchmarks/glue_tradeoff/report.py", "v1")
+    retrained = commit_file("de3/model.py", "v2")
+    assert "identical at all of them" in report_module.code_note([first, benchmark_only])
+    assert report_module.code_note([first, benchmark_only, retrained]).endswith(
+        f"differ from {first[:12]} at {retrained[:12]}; `git diff` them)"
+    )
+    assert report_module.code_note([first, "unknown"]) == ""  # nothing to compare
 
 
 def test_ablation_overrides_are_what_hydra_reads(tmp_path):

@@ -48,6 +48,7 @@ from benchmarks.glue_tradeoff.run import (  # noqa: E402
     TWO_STAGE,
     applicable,
     budget,
+    git,
     seeds_of,
 )
 from benchmarks.per_exit_table import machine  # noqa: E402
@@ -65,6 +66,7 @@ TARGETS = (1.5, 2.0, 3.0)
 RULE_ORDER = ("edr", "dr", "entropy", "maxprob", "patience", "pcee", "dge")
 CHANCE_MARGIN = 0.03  # a task is "at chance" when every method's full depth is this close to a constant answer
 INTERPOLATED = "*"
+TRAINING_CODE = ("de3", "conf", "run.py")  # what a run's numbers depend on, apart from its command
 SHARED_DIR = Path(os.environ.get("DE3_SHARED_DIR") or REPO_ROOT.parent / "shared")
 DEFAULT_GLUE_DIR = Path(os.environ.get("DE3_GLUE_DIR") or SHARED_DIR / "data" / "glue")  # as conf/paths
 
@@ -223,6 +225,17 @@ def area_cell(runs: list[Run], upto: float) -> str:
     return mean_std([frontier_area(r.points(), upto) for r in runs]) if runs and upto > 1.0 else "—"
 
 
+def code_note(commits: list[str]) -> str:
+    """Whether the training code (`TRAINING_CODE`) is the same at every commit the runs were made at."""
+    known = [c for c in commits if c != "unknown"]
+    if len(known) < 2:
+        return ""
+    changed = [c[:12] for c in known[1:] if git("diff", "--quiet", known[0], c, "--", *TRAINING_CODE).returncode]
+    if not changed:
+        return f" ({', '.join(TRAINING_CODE)} identical at all of them: only the benchmark's own files changed)"
+    return f" ({', '.join(TRAINING_CODE)} differ from {known[0][:12]} at {', '.join(changed)}; `git diff` them)"
+
+
 def section(title: str, *text: str) -> list[str]:
     """A `##` heading and its explanatory lines, as markdown lines."""
     return [f"## {title}", "", *text, ""]
@@ -329,15 +342,17 @@ def report(
     commits = sorted({r.commit or "unknown" for r in runs})
     chosen_on = sorted({r.chosen_on for r in runs})
     planned = sum(applicable(t, m) * len(seeds_of(t, SEEDS)) for t in TASKS for m in METHODS)
+    matched = sum(len(MATCHED_METHODS) * len(seeds_of(t, SEEDS)) for t in MATCHED_TASKS)
     lines = [
         "# Speed–accuracy trade-off of every method on GLUE (MiniLM, CPU)",
         "",
         f"- Command: `{command}`, then `python -m benchmarks.glue_tradeoff.report`",
         f"- Machine: {machine()}",
         f"- Date: {datetime.date.today().isoformat()}",
-        f"- Runs: {len(runs)} of {planned} finished; total wall time {sum(r.wall_time_s for r in runs) / 3600:.1f} h "
+        f"- Runs: {len(runs)} of {planned + matched} finished ({planned} main, {matched} compute-matched); "
+        f"total wall time {sum(r.wall_time_s for r in runs) / 3600:.1f} h "
         "(training + evaluation + sweep, per run); their text outputs are in `runs/`",
-        f"- Code: git {', '.join(c[:12] for c in commits)}",
+        f"- Code: git {', '.join(c[:12] for c in commits)}{code_note(commits)}",
         *(f"- Budget ({task}): `{' '.join(budget(task))} trainer.max_epochs={EPOCHS}`" for task in tasks),
         f"- {' and '.join(TWO_STAGE)} train {2 * EPOCHS} epochs: stage 1 fine-tunes backbone + final exit for "
         f"the same {EPOCHS} epochs as everyone, stage 2 trains the internal exits for {EPOCHS} more with the "

@@ -24,9 +24,11 @@ import argparse
 import csv
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,28 +327,64 @@ def pick_configs(tuning: Path, methods: Sequence[str]) -> dict:
     }
 
 
+def past_wall_times(kept: Path | None) -> dict[tuple[str, str], list[float]]:
+    """(task, method folder) → the wall times (s) of the runs kept under `kept` (tuning included)."""
+    seconds = defaultdict(list)
+    for path in sorted(kept.rglob("results.json")) if kept is not None else ():
+        results = json.loads(path.read_text())
+        seconds[results["task"], path.parent.parent.name].append(results["wall_time_s"])
+    return seconds
+
+
+def expected_seconds(jobs: Sequence[Job], seconds: dict[tuple[str, str], list[float]]) -> float | None:
+    """The expected wall time of `jobs`: each at the mean of the finished runs of its task and
+    method (with its folder's suffix), else of its method on any task, else of every run; None
+    before any run has finished."""
+    everything = [s for times in seconds.values() for s in times]
+    if not everything:
+        return None
+
+    def expected(job: Job) -> float:
+        folder = job.directory.parent.name
+        same_method = [s for (_, f), times in seconds.items() if f == folder for s in times]
+        return statistics.mean(seconds.get((job.task, folder)) or same_method or everything)
+
+    return sum(map(expected, jobs))
+
+
+def time_left(jobs: Sequence[Job], seconds: dict[tuple[str, str], list[float]]) -> str:
+    expected = expected_seconds(jobs, seconds)
+    return "time left unknown until a run finishes" if expected is None else f"about {expected / 3600:.1f} h left"
+
+
 def run_all(jobs: Sequence[Job], out: Path, kept: Path | None = None, commit_each: bool = False) -> None:
-    """Run every job not finished yet, with a progress line per run (and the time left at the
-    mean pace so far); keep (and commit) each finished run's text outputs; delete each
-    checkpoint once no pending job sweeps it."""
+    """Run every job not finished yet, with a progress line per run (and the time left, from the
+    wall times of the finished runs of the same task and method); keep (and commit) each finished
+    run's text outputs; delete each checkpoint once no pending job sweeps it."""
     todo = [
         job
         for job in jobs
         if not is_finished(job.directory) and not (kept is not None and is_finished(kept_folder(job, out, kept)))
     ]
-    print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished; {len(todo)} to go", flush=True)
+    seconds = past_wall_times(kept)
+    print(
+        f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished; {len(todo)} to go, " + time_left(todo, seconds),
+        flush=True,
+    )
     failed, spent = [], 0.0
     for index, job in enumerate(todo):
         started = time.perf_counter()
         finished = run_one(job)
-        spent += time.perf_counter() - started
-        left = len(todo) - index - 1
-        pace = f"{index + 1}/{len(todo)} in {spent / 3600:.1f} h; about {spent / (index + 1) * left / 3600:.1f} h left"
+        took = time.perf_counter() - started
+        spent += took
+        if finished:
+            seconds[job.task, job.directory.parent.name].append(took)
+        pace = f"{index + 1}/{len(todo)} in {spent / 3600:.1f} h; {time_left(todo[index + 1 :], seconds)}"
         if not finished:
             failed.append(job.directory)
             print(f"FAILED: {job.describe()} (see {job.directory / 'job.log'}) [{pace}]", flush=True)
         else:
-            print(f"done: {job.describe()} in {time.perf_counter() - started:.0f} s [{pace}]", flush=True)
+            print(f"done: {job.describe()} in {took:.0f} s [{pace}]", flush=True)
             if kept is not None:
                 copied = keep_outputs(job, out, kept)
                 if commit_each:
