@@ -10,6 +10,7 @@ import pytest
 from benchmarks.glue_tradeoff import report as report_module
 from benchmarks.glue_tradeoff import run as driver
 from benchmarks.glue_tradeoff.report import TARGETS, load_runs, load_sensitivity, report
+from de3.errors import De3Error
 from de3.exit_cache import load_exit_caches
 from de3.flops import layer_speedup
 from de3.jobs import train
@@ -107,6 +108,16 @@ def test_report_tables_from_kept_run_outputs(tiny_config, glue_dir, tmp_path, mo
     assert f"| de3-matched | {2 * driver.EPOCHS} | {de3_row.split(' | ')[2]} |" in matched  # the copy of de3's run
     assert "Not tuned" in text.split("## Hyperparameters")[1]
     assert (tmp_path / "curves_rte.png").is_file()
+    # README's tables are RESULTS.md's, replaced between the markers and nowhere else
+    readme = f"# de3\n{report_module.README_BEGIN}\nold table\n{report_module.README_END}\nafter\n"
+    updated = report_module.readme_with_tables(readme, text)
+    assert updated.startswith(f"# de3\n{report_module.README_BEGIN}\n") and updated.endswith("\nafter\n")
+    assert "old table" not in updated
+    calibrated_2x = text.split("## All methods at 2.0× speed-up, calibrated\n\n")[1].split("\n\n")[0]
+    assert calibrated_2x.startswith("| method |") and calibrated_2x in updated
+    assert report_module.readme_with_tables(updated, text) == updated
+    with pytest.raises(De3Error, match="no .* block"):
+        report_module.readme_with_tables("# de3\n", text)
 
 
 def test_driver_sweeps_a_shared_training_instead_of_retraining(glue_dir, tmp_path, monkeypatch):

@@ -66,6 +66,10 @@ TARGETS = (1.5, 2.0, 3.0)
 RULE_ORDER = ("edr", "dr", "entropy", "maxprob", "patience", "pcee", "dge")
 CHANCE_MARGIN = 0.03  # a task is "at chance" when every method's full depth is this close to a constant answer
 INTERPOLATED = "*"
+README = REPO_ROOT / "README.md"
+README_TABLES = tuple(f"All methods at {target}× speed-up, calibrated" for target in (2.0, 3.0))
+README_BEGIN = "<!-- glue_tradeoff tables: written by python -m benchmarks.glue_tradeoff.report -->"
+README_END = "<!-- end of glue_tradeoff tables -->"
 TRAINING_CODE = ("de3", "conf", "run.py")  # what a run's numbers depend on, apart from its command
 SHARED_DIR = Path(os.environ.get("DE3_SHARED_DIR") or REPO_ROOT.parent / "shared")
 DEFAULT_GLUE_DIR = Path(os.environ.get("DE3_GLUE_DIR") or SHARED_DIR / "data" / "glue")  # as conf/paths
@@ -665,6 +669,21 @@ def _sensitivity(by_task, sensitivity: dict[str, dict[str, list[Run]]]) -> list[
     return lines
 
 
+def readme_with_tables(readme: str, results: str) -> str:
+    """`readme` with the block between its glue_tradeoff markers replaced by RESULTS.md's
+    `README_TABLES` (as they are in `results`), so README never quotes a table by hand."""
+    if README_BEGIN not in readme or README_END not in readme:
+        raise De3Error(f"README.md has no '{README_BEGIN}' ... '{README_END}' block for the results tables")
+    results_lines = results.splitlines()
+    block = [README_BEGIN]
+    for title in README_TABLES:
+        start = results_lines.index(f"## {title}") + 2
+        end = results_lines.index("", start)
+        block += ["", f"{title} (RESULTS.md):", "", *results_lines[start:end]]
+    head, rest = readme.split(README_BEGIN, 1)
+    return head + "\n".join(block) + "\n" + README_END + rest.split(README_END, 1)[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=KEPT_RUNS, help="the runs' kept outputs (run.py --kept)")
@@ -674,8 +693,10 @@ def main() -> None:
     runs = load_runs(args.runs)
     if not runs:
         raise SystemExit(f"no finished runs under {args.runs}: run python -m benchmarks.glue_tradeoff.run first")
-    write_text_atomic(HERE / "RESULTS.md", report(runs, load_sensitivity(args.runs), args.command, HERE, args.data_dir))
-    print(f"wrote {HERE / 'RESULTS.md'} from {len(runs)} runs")
+    results = report(runs, load_sensitivity(args.runs), args.command, HERE, args.data_dir)
+    write_text_atomic(HERE / "RESULTS.md", results)
+    write_text_atomic(README, readme_with_tables(README.read_text(), results))
+    print(f"wrote {HERE / 'RESULTS.md'} from {len(runs)} runs, and its headline tables into {README}")
 
 
 if __name__ == "__main__":
