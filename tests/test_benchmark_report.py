@@ -210,9 +210,10 @@ def test_time_left_comes_from_past_runs_of_the_same_task_and_method(tmp_path):
         (kept / "results.json").write_text(json.dumps({"task": task, "wall_time_s": seconds}))
     past = driver.past_wall_times(tmp_path / "kept")
     assert past == {("rte", "de3"): [100.0, 200.0], ("mrpc", "pabee"): [60.0]}
-    same_task_and_method, same_method, any_run = 150.0, 60.0, 120.0
-    jobs = [job("rte", "de3"), job("sst2", "pabee"), job("stsb", "badge")]
-    assert driver.expected_seconds(jobs, past) == same_task_and_method + same_method + any_run
+    ablation = driver.Job(tmp_path / "sensitivity" / "rte" / "loss.alpha=0" / "seed42", "rte", "de3", 42)
+    same_task_and_folder, same_task_and_method, same_folder, any_run = 150.0, 150.0, 60.0, 120.0
+    jobs = [job("rte", "de3"), ablation, job("sst2", "pabee"), job("stsb", "badge")]
+    assert driver.expected_seconds(jobs, past) == same_task_and_folder + same_task_and_method + same_folder + any_run
 
 
 def git_repo_as_repo_root(path, monkeypatch) -> None:

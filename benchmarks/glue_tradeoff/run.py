@@ -337,17 +337,18 @@ def past_wall_times(kept: Path | None) -> dict[tuple[str, str], list[float]]:
 
 
 def expected_seconds(jobs: Sequence[Job], seconds: dict[tuple[str, str], list[float]]) -> float | None:
-    """The expected wall time of `jobs`: each at the mean of the finished runs of its task and
-    method (with its folder's suffix), else of its method on any task, else of every run; None
-    before any run has finished."""
+    """The expected wall time of `jobs`: each at the mean of the finished runs in its task and
+    folder (`de3-matched`, an ablation's `loss.alpha=0`), else of its task and method, else of
+    its folder on any task, else of every run; None before any run has finished."""
     everything = [s for times in seconds.values() for s in times]
     if not everything:
         return None
 
     def expected(job: Job) -> float:
         folder = job.directory.parent.name
-        same_method = [s for (_, f), times in seconds.items() if f == folder for s in times]
-        return statistics.mean(seconds.get((job.task, folder)) or same_method or everything)
+        same_folder = [s for (_, f), times in seconds.items() if f == folder for s in times]
+        past = seconds.get((job.task, folder)) or seconds.get((job.task, job.method)) or same_folder or everything
+        return statistics.mean(past)
 
     return sum(map(expected, jobs))
 
