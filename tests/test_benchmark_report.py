@@ -261,7 +261,7 @@ def test_report_says_whether_the_training_code_changed_between_the_runs_commits(
 
 
 def test_ablation_overrides_are_what_hydra_reads(tmp_path):
-    from benchmarks.glue_tradeoff.sensitivity import VARIANTS, override
+    from benchmarks.glue_tradeoff.sensitivity import VARIANTS, chosen_variants, override, variant_jobs
 
     assert override("model.prototypes.detach_backbone", True) == "model.prototypes.detach_backbone=true"
     assert override("loss.alpha", 0.0) == "loss.alpha=0"
@@ -271,3 +271,13 @@ def test_ablation_overrides_are_what_hydra_reads(tmp_path):
     )
     assert config.loss.alpha == 0 and config.model.prototypes.detach_backbone is True
     assert config.model.prototypes.dim == 64
+    lr_only = chosen_variants(["model.optimizer.lr=0.0001"])
+    assert lr_only == [("model.optimizer.lr", 1e-4)]
+    (job,) = variant_jobs(tmp_path, "cola", [42], lr_only, ["model.optimizer.lr=0.0002"])
+    assert job.extra == ("model.optimizer.lr=0.0001",)  # the variant replaces the tuned value
+    (job,) = variant_jobs(tmp_path, "cola", [42], chosen_variants(["loss.alpha=0"]), ["model.optimizer.lr=0.0002"])
+    assert job.extra == ("model.optimizer.lr=0.0002", "loss.alpha=0")
+    assert job.directory == tmp_path / "sensitivity" / "cola" / "loss.alpha=0" / "seed42"
+    assert len(chosen_variants(None)) == sum(map(len, VARIANTS.values()))
+    with pytest.raises(SystemExit, match="unknown variant.*loss.alpha=7.*the variants are: loss.alpha=0"):
+        chosen_variants(["loss.alpha=7"])
