@@ -108,6 +108,23 @@ def test_report_tables_from_kept_run_outputs(tiny_config, glue_dir, tmp_path, mo
     assert f"| de3-matched | {2 * driver.EPOCHS} | {de3_row.split(' | ')[2]} |" in matched  # the copy of de3's run
     assert "Not tuned" in text.split("## Hyperparameters")[1]
     assert (tmp_path / "curves_rte.png").is_file()
+    # the tuning runs on dev, beside the calibration areas the choice was made on
+    configs = driver.CONFIGS
+    for index in range(len(configs)):
+        shutil.copytree(kept / "rte" / "de3" / "seed42", kept / "tuning" / f"config{index}" / "rte" / "de3" / "seed42")
+    tried = {"de3": {c: 0.5 + i / 10 for i, c in enumerate(configs)}}
+    (tmp_path / "tuned.json").write_text(
+        json.dumps({"task": "rte", "seed": 42, "criterion": "area", "tried": tried, "picked": {"de3": configs[-1]}})
+    )
+    monkeypatch.setattr(report_module, "TUNING_TASK", "rte")
+    tuning = report_module.load_tuning(kept)
+    assert sorted(tuning) == sorted(("de3", c) for c in configs)
+    tuning_text = "\n".join(report_module._tuning(tuning))
+    upto = de3_run.fastest()
+    dev_cell = f"{100 * de3_run.full_depth:.1f} / {100 * frontier_area(de3_run.points(), upto):.1f}"
+    assert f"area 1–{upto:.2f}×" in tuning_text
+    assert "| de3 | " + " | ".join([dev_cell] * len(configs)) + " |" in tuning_text
+    assert "| de3 | 50.00 | 60.00 | 70.00 | model.optimizer.lr=0.0002 |" in tuning_text
     # README's tables are RESULTS.md's, replaced between the markers and nowhere else
     readme = f"# de3\n{report_module.README_BEGIN}\nold table\n{report_module.README_END}\nafter\n"
     updated = report_module.readme_with_tables(readme, text)

@@ -33,6 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.glue_tradeoff.run import (  # noqa: E402
+    CONFIGS,
     EPOCHS,
     KEPT_RUNS,
     LAMBDA_FILE,
@@ -45,6 +46,7 @@ from benchmarks.glue_tradeoff.run import (  # noqa: E402
     TASKS,
     TRAINED_AS,
     TUNED,
+    TUNING_TASK,
     TWO_STAGE,
     applicable,
     budget,
@@ -176,6 +178,17 @@ def load_runs(out: Path) -> list[Run]:
     """The main benchmark's finished runs, `<out>/<task>/<method>/seed<s>/`."""
     folders = sorted(p.parent for p in out.glob("*/*/seed*/results.json"))
     return [run for folder in folders if (run := load_run(folder, folder.parent.name)) is not None]
+
+
+def load_tuning(out: Path) -> dict[tuple[str, str], Run]:
+    """(method, configuration) → the finished tuning run (`run.py --tune`), from `<out>/tuning/`."""
+    found = {}
+    for index, config in enumerate(CONFIGS):
+        for results_path in sorted((out / "tuning" / f"config{index}" / TUNING_TASK).glob("*/seed*/results.json")):
+            folder = results_path.parent
+            if (run := load_run(folder, folder.parent.name)) is not None:
+                found[run.method, config] = run
+    return found
 
 
 def load_sensitivity(out: Path) -> dict[str, dict[str, list[Run]]]:
@@ -337,6 +350,7 @@ def report(
     command: str,
     figures: Path,
     data_dir: Path = DEFAULT_GLUE_DIR,
+    tuning: dict[tuple[str, str], Run] | None = None,
 ) -> str:
     """RESULTS.md's text; the per-task curves are written into `figures` (beside RESULTS.md)."""
     by_task: dict[str, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
@@ -415,7 +429,7 @@ def report(
             lines.append(f"| {method} | {rule} | " + " | ".join(cells) + " |")
         lines.append("")
         plot_task(task, by_task[task], figures / f"curves_{task}.png")
-    lines += _tuning()
+    lines += _tuning(tuning or {})
     lines += _compute_matched(by_task, tasks)
     lines += _paired_against_de3(by_task, tasks)
     lines += _retention(by_task, tasks)
@@ -451,8 +465,9 @@ def _main_table(by_task, tasks: list[str], target: float) -> list[str]:
     return lines
 
 
-def _tuning() -> list[str]:
-    """What each method tried and picked (`tuned.json`, written by `run.py --tune`)."""
+def _tuning(tuning: dict[tuple[str, str], Run]) -> list[str]:
+    """What each method tried and picked (`tuned.json`, written by `run.py --tune`), and the same
+    tuning runs read on dev, which played no part in the choice."""
     if not TUNED.is_file():
         return section("Hyperparameters", "Not tuned: every run used the configs' defaults (`run.py --untuned`).")
     tuned = json.loads(TUNED.read_text())
@@ -466,6 +481,24 @@ def _tuning() -> list[str]:
     for method, areas in tuned["tried"].items():
         cells = [f"{100 * areas[c]:.2f}" for c in configs]
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {tuned['picked'][method]} |")
+    lines.append("")
+    if not tuning:
+        return lines
+    upto = min(run.fastest() for run in tuning.values())
+    lines += [
+        f"The same runs on dev, which the choice did not see: full depth / area 1–{upto:.2f}× under dev's "
+        "Pareto frontier of the method's own rule (×100). Where these order the configurations differently "
+        "from the calibration split, the choice carries the split's noise into every task.",
+        "",
+        *table_header("method", *configs),
+    ]
+    for method in tuned["tried"]:
+        runs = [tuning.get((method, c)) for c in configs]
+        cells = [
+            "—" if run is None else f"{100 * run.full_depth:.1f} / {100 * frontier_area(run.points(), upto):.1f}"
+            for run in runs
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
@@ -693,7 +726,7 @@ def main() -> None:
     runs = load_runs(args.runs)
     if not runs:
         raise SystemExit(f"no finished runs under {args.runs}: run python -m benchmarks.glue_tradeoff.run first")
-    results = report(runs, load_sensitivity(args.runs), args.command, HERE, args.data_dir)
+    results = report(runs, load_sensitivity(args.runs), args.command, HERE, args.data_dir, load_tuning(args.runs))
     write_text_atomic(HERE / "RESULTS.md", results)
     write_text_atomic(README, readme_with_tables(README.read_text(), results))
     print(f"wrote {HERE / 'RESULTS.md'} from {len(runs)} runs, and its headline tables into {README}")
