@@ -41,6 +41,7 @@ def test_report_tables_from_kept_run_outputs(tiny_config, glue_dir, tmp_path, mo
     shutil.copytree(kept / "rte" / "de3" / "seed42", kept / "rte" / "de3-matched" / "seed42")
     monkeypatch.setattr(report_module, "MATCHED_TASKS", ("rte",))
     monkeypatch.setattr(report_module, "TUNED", tmp_path / "tuned.json")  # not tuned (the repository's is)
+    monkeypatch.setattr(report_module, "FINDINGS", tmp_path / "findings.md")  # the tables alone
 
     runs = load_runs(kept)
     assert sorted((r.task, r.method, r.seed, r.rule, r.chosen_on) for r in runs) == [
@@ -275,6 +276,8 @@ def test_report_says_whether_the_training_code_changed_between_the_runs_commits(
         f"differ from {first[:12]} at {retrained[:12]}; `git diff` them)"
     )
     assert report_module.code_note([first, "unknown"]) == ""  # nothing to compare
+    uncommitted = report_module.code_note([f"{first}-dirty", benchmark_only])
+    assert "identical at all of them" in uncommitted and "1 of them -dirty" in uncommitted
 
 
 def test_ablation_overrides_are_what_hydra_reads(tmp_path):

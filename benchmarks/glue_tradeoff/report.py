@@ -72,6 +72,7 @@ README = REPO_ROOT / "README.md"
 README_TABLES = tuple(f"All methods at {target}× speed-up, calibrated" for target in (2.0, 3.0))
 README_BEGIN = "<!-- glue_tradeoff tables: written by python -m benchmarks.glue_tradeoff.report -->"
 README_END = "<!-- end of glue_tradeoff tables -->"
+DIRTY = "-dirty"  # de3.utils.provenance.git_commit's mark of uncommitted changes
 TRAINING_CODE = ("de3", "conf", "run.py")  # what a run's numbers depend on, apart from its command
 SHARED_DIR = Path(os.environ.get("DE3_SHARED_DIR") or REPO_ROOT.parent / "shared")
 DEFAULT_GLUE_DIR = Path(os.environ.get("DE3_GLUE_DIR") or SHARED_DIR / "data" / "glue")  # as conf/paths
@@ -243,14 +244,26 @@ def area_cell(runs: list[Run], upto: float) -> str:
 
 
 def code_note(commits: list[str]) -> str:
-    """Whether the training code (`TRAINING_CODE`) is the same at every commit the runs were made at."""
-    known = [c for c in commits if c != "unknown"]
-    if len(known) < 2:
-        return ""
-    changed = [c[:12] for c in known[1:] if git("diff", "--quiet", known[0], c, "--", *TRAINING_CODE).returncode]
-    if not changed:
-        return f" ({', '.join(TRAINING_CODE)} identical at all of them: only the benchmark's own files changed)"
-    return f" ({', '.join(TRAINING_CODE)} differ from {known[0][:12]} at {', '.join(changed)}; `git diff` them)"
+    """Whether the training code (`TRAINING_CODE`) is the same at every commit the runs were made
+    at, and whether some runs had uncommitted changes (a "-dirty" commit, see `git_commit`)."""
+    dirty = sum(c.endswith(DIRTY) for c in commits)
+    known = sorted(
+        {c.removesuffix(DIRTY) for c in commits if c != "unknown"},
+        key=lambda c: int(git("rev-list", "--count", c).stdout.strip() or 0),  # oldest (fewest ancestors) first
+    )
+    notes = []
+    if len(known) > 1:
+        changed = [c[:12] for c in known[1:] if git("diff", "--quiet", known[0], c, "--", *TRAINING_CODE).returncode]
+        notes.append(
+            f"{', '.join(TRAINING_CODE)} differ from {known[0][:12]} at {', '.join(changed)}; `git diff` them"
+            if changed
+            else f"{', '.join(TRAINING_CODE)} identical at all of them: only the benchmark's own files changed"
+        )
+    if dirty:
+        notes.append(
+            f"{dirty} of them {DIRTY}: tracked files had uncommitted changes when a run started; no commit records them"
+        )
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def section(title: str, *text: str) -> list[str]:
@@ -370,7 +383,7 @@ def report(
         f"- Runs: {len(runs)} of {planned + matched} finished ({planned} main, {matched} compute-matched); "
         f"total wall time {sum(r.wall_time_s for r in runs) / 3600:.1f} h "
         "(training + evaluation + sweep, per run); their text outputs are in `runs/`",
-        f"- Code: git {', '.join(c[:12] for c in commits)}{code_note(commits)}",
+        f"- Code: git {', '.join(c[:12] + DIRTY * c.endswith(DIRTY) for c in commits)}{code_note(commits)}",
         *(f"- Budget ({task}): `{' '.join(budget(task))} trainer.max_epochs={EPOCHS}`" for task in tasks),
         f"- {' and '.join(TWO_STAGE)} train {2 * EPOCHS} epochs: stage 1 fine-tunes backbone + final exit for "
         f"the same {EPOCHS} epochs as everyone, stage 2 trains the internal exits for {EPOCHS} more with the "
