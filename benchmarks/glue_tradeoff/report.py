@@ -46,11 +46,13 @@ from benchmarks.glue_tradeoff.run import (  # noqa: E402
     TASKS,
     TRAINED_AS,
     TUNED,
+    TUNING_SEED,
     TUNING_TASK,
     TWO_STAGE,
     applicable,
     budget,
     git,
+    run_dir,
     seeds_of,
 )
 from benchmarks.per_exit_table import machine  # noqa: E402
@@ -185,10 +187,10 @@ def load_tuning(out: Path) -> dict[tuple[str, str], Run]:
     """(method, configuration) → the finished tuning run (`run.py --tune`), from `<out>/tuning/`."""
     found = {}
     for index, config in enumerate(CONFIGS):
-        for results_path in sorted((out / "tuning" / f"config{index}" / TUNING_TASK).glob("*/seed*/results.json")):
-            folder = results_path.parent
-            if (run := load_run(folder, folder.parent.name)) is not None:
-                found[run.method, config] = run
+        for method in METHODS:
+            folder = run_dir(out / "tuning" / f"config{index}", TUNING_TASK, method, TUNING_SEED)
+            if (run := load_run(folder, method)) is not None:
+                found[method, config] = run
     return found
 
 

@@ -354,6 +354,7 @@ def expected_seconds(jobs: Sequence[Job], seconds: dict[tuple[str, str], list[fl
 
 
 def time_left(jobs: Sequence[Job], seconds: dict[tuple[str, str], list[float]]) -> str:
+    """`expected_seconds` as the progress line prints it."""
     expected = expected_seconds(jobs, seconds)
     return "time left unknown until a run finishes" if expected is None else f"about {expected / 3600:.1f} h left"
 
