@@ -80,6 +80,10 @@ def test_report_tables_from_kept_run_outputs(tiny_config, glue_dir, tmp_path, mo
     labels = [line.rsplit("\t", 1)[-1] for line in (glue_dir / "RTE" / "dev.tsv").read_text().splitlines()[1:]]
     majority = max(labels.count(name) for name in set(labels)) / len(labels)
     assert f"The best constant answer scores {100 * majority:.1f} on dev." in text
+    mean_depth = (de3_run.full_depth + runs[-1].full_depth) / 2
+    standard_error = 100 * (mean_depth * (1 - mean_depth) / len(labels)) ** 0.5
+    assert f"Dev has {len(labels)} examples: one answer moves accuracy by {100 / len(labels):.2f} points" in text
+    assert f"an accuracy of {100 * mean_depth:.1f} (the methods' mean full depth) is {standard_error:.1f} points" in text
     # area over the speed-ups both runs reach; oracle cells marked where interpolated
     upto = min(max(s for s, _ in r.points()) for r in runs)
     header = next(line for line in text.splitlines() if line.startswith("| method | rule | full depth |"))
@@ -278,6 +282,15 @@ def test_report_says_whether_the_training_code_changed_between_the_runs_commits(
     assert report_module.code_note([first, "unknown"]) == ""  # nothing to compare
     uncommitted = report_module.code_note([f"{first}-dirty", benchmark_only])
     assert "identical at all of them" in uncommitted and "1 of them -dirty" in uncommitted
+
+
+def test_every_number_the_committed_findings_quote_is_in_a_table():
+    findings = report_module.FINDINGS.read_text()
+    results = (report_module.HERE / "RESULTS.md").read_text()
+    assert findings.strip() in results  # RESULTS.md was generated with this reading above its tables
+    assert report_module.numbers_not_in_tables(findings, results) == []
+    stale = findings + "\nDE³ reaches 99.97 at 2×."
+    assert report_module.numbers_not_in_tables(stale, results.replace(findings.strip(), stale.strip())) == ["99.97"]
 
 
 def test_ablation_overrides_are_what_hydra_reads(tmp_path):

@@ -21,6 +21,7 @@ import csv
 import datetime
 import json
 import os
+import re
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ HERE = Path(__file__).resolve().parent
 FINDINGS = HERE / "findings.md"  # the hand-written reading of the tables, placed above them
 TARGETS = (1.5, 2.0, 3.0)
 RULE_ORDER = ("edr", "dr", "entropy", "maxprob", "patience", "pcee", "dge")
+NUMBER = re.compile(r"\d+\.\d+")  # how findings.md quotes a table's cell
 CHANCE_MARGIN = 0.03  # a task is "at chance" when every method's full depth is this close to a constant answer
 INTERPOLATED = "*"
 README = REPO_ROOT / "README.md"
@@ -204,17 +206,22 @@ def load_sensitivity(out: Path) -> dict[str, dict[str, list[Run]]]:
     return found
 
 
-def constant_answer_score(task: str, data_dir: Path) -> float | None:
-    """The best main-metric score on dev of answering one class for every example (GLUE's
-    metric definitions, `de3.metrics`): what a model that learned nothing gets. None for
-    regression, or when the dev file is not at `data_dir`."""
+def dev_labels(task: str, data_dir: Path) -> torch.Tensor | None:
+    """The labels of the task's dev file at `data_dir`; None for regression, or when the file is
+    not there."""
     spec = GLUE_TASKS[task]
     if spec.is_regression:
         return None
     try:
-        labels = torch.tensor([e.label for e in load_split(spec, spec.eval_splits[0], data_dir, source="local")])
+        return torch.tensor([e.label for e in load_split(spec, spec.eval_splits[0], data_dir, source="local")])
     except De3Error:
         return None
+
+
+def constant_answer_score(task: str, labels: torch.Tensor) -> float:
+    """The best main-metric score of answering one class for every example of `labels` (GLUE's
+    metric definitions, `de3.metrics`): what a model that learned nothing gets."""
+    spec = GLUE_TASKS[task]
     scores = []
     for answer in range(spec.num_outputs):
         metric = make_metric(spec.main_metric, spec.num_outputs)
@@ -224,19 +231,36 @@ def constant_answer_score(task: str, data_dir: Path) -> float | None:
 
 
 def chance_note(task: str, by_method: dict[str, list[Run]], data_dir: Path) -> list[str]:
-    """A line naming the constant answer's dev score, and saying the task is at chance for
-    this backbone when every method's mean full depth lies within `CHANCE_MARGIN` of it."""
-    constant = constant_answer_score(task, data_dir)
-    if constant is None:
+    """A line naming the constant answer's dev score and, for accuracy, how far one seed's score
+    can move by sampling alone; it says the task is at chance for this backbone when every
+    method's mean full depth lies within `CHANCE_MARGIN` of the constant answer."""
+    labels = dev_labels(task, data_dir)
+    if labels is None:
         return []
+    constant = constant_answer_score(task, labels)
     depths = [statistics.fmean(r.full_depth for r in runs) for runs in by_method.values() if runs]
     line = f"The best constant answer scores {100 * constant:.1f} on dev."
+    if GLUE_TASKS[task].main_metric == "accuracy" and depths:
+        n, accuracy = len(labels), statistics.fmean(depths)
+        line += (
+            f" Dev has {n} examples: one answer moves accuracy by {100 / n:.2f} points, and the binomial "
+            f"standard error of an accuracy of {100 * accuracy:.1f} (the methods' mean full depth) is "
+            f"{100 * (accuracy * (1 - accuracy) / n) ** 0.5:.1f} points."
+        )
     if depths and all(abs(d - constant) <= CHANCE_MARGIN for d in depths):
         line += (
             f" **At chance for this backbone**: every method's full depth is within {100 * CHANCE_MARGIN:.0f} "
             "points of it, so this task does not separate the methods."
         )
     return [line, ""]
+
+
+def numbers_not_in_tables(findings: str, results: str) -> list[str]:
+    """The decimal numbers `findings` quotes that appear nowhere else in `results` (RESULTS.md,
+    which carries the findings above its tables): what the reading says beyond the tables, or
+    what went stale when they were regenerated."""
+    tables = results.replace(findings.strip(), "")
+    return sorted(set(NUMBER.findall(findings)) - set(NUMBER.findall(tables)), key=float)
 
 
 def area_cell(runs: list[Run], upto: float) -> str:
@@ -745,6 +769,8 @@ def main() -> None:
     write_text_atomic(HERE / "RESULTS.md", results)
     write_text_atomic(README, readme_with_tables(README.read_text(), results))
     print(f"wrote {HERE / 'RESULTS.md'} from {len(runs)} runs, and its headline tables into {README}")
+    if FINDINGS.is_file() and (unquoted := numbers_not_in_tables(FINDINGS.read_text(), results)):
+        print(f"{FINDINGS.name} quotes numbers no table has (stale, or beyond the tables): {', '.join(unquoted)}")
 
 
 if __name__ == "__main__":
