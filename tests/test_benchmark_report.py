@@ -100,6 +100,8 @@ def test_report_tables_from_kept_run_outputs(tiny_config, glue_dir, tmp_path, mo
     reading = de3_run.calibrated_at(2.0)
     expected_retention = "not reached" if reading is None else f"{100 * reading[0] / de3_run.full_depth:.1f}% (1)"
     assert f"| de3 | {expected_retention} |" in retention
+    by_seed = text.split("## Full depth, seed by seed")[1].split("\n## ")[0]
+    assert "| method | 42 |" in by_seed and f"| de3 | {100 * de3_run.full_depth:.1f} |" in by_seed
     per_exit = text.split("## Per-exit dev scores")[1].split("\n## ")[0]
     exits = json.loads((kept / "rte" / "de3" / "seed42" / "results.json").read_text())["scores"]["validation"]
     assert "| de3 | " + " | ".join(f"{100 * v:.1f} (1)" for v in exits["accuracy"]) + " |" in per_exit

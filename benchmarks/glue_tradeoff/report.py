@@ -472,6 +472,7 @@ def report(
     lines += _compute_matched(by_task, tasks)
     lines += _paired_against_de3(by_task, tasks)
     lines += _retention(by_task, tasks)
+    lines += _full_depth_by_seed(by_task, tasks)
     lines += _per_exit(by_task, tasks)
     lines += _rule_effect(by_task, tasks)
     lines += _lambda_sensitivity(by_task, tasks)
@@ -615,6 +616,23 @@ def _retention(by_task, tasks: list[str]) -> list[str]:
                     continue
                 cells.append(mean_std([v / r.full_depth for v, r in zip(readings, runs)]).replace(" (", "% ("))
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _full_depth_by_seed(by_task, tasks: list[str]) -> list[str]:
+    """Each run's full-depth dev score, one column per seed: the spread behind the means, and
+    which seed a collapse or an outlier comes from."""
+    lines = section(
+        "Full depth, seed by seed",
+        "The final exit's dev score of each run (×100; the means in the task tables average these).",
+    )
+    for task in tasks:
+        seeds = sorted({r.seed for runs in by_task[task].values() for r in runs})
+        lines += [f"### {task} ({GLUE_TASKS[task].main_metric})", "", *table_header("method", *map(str, seeds))]
+        for method in (m for m in METHODS if by_task[task].get(m)):
+            by_seed = {r.seed: f"{100 * r.full_depth:.1f}" for r in by_task[task][method]}
+            lines.append(f"| {method} | " + " | ".join(by_seed.get(seed, "—") for seed in seeds) + " |")
         lines.append("")
     return lines
 
