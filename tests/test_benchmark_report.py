@@ -107,10 +107,10 @@ def test_report_tables_from_kept_run_outputs(tiny_config, glue_dir, tmp_path, mo
     assert "| de3 | " + " | ".join(f"{100 * v:.1f} (1)" for v in exits["accuracy"]) + " |" in per_exit
     ablations = text.split("## DE³ ablations")[1].split("\n## ")[0]
     scores = json.loads((kept / "rte" / "de3" / "seed42" / "results.json").read_text())["scores"]
-    variant_row = next(line for line in ablations.splitlines() if line.startswith("| loss.alpha=0.3 |"))
-    assert variant_row.split(" | ")[1] == f"{100 * scores['calibration']['accuracy'][-1]:.1f} (1)"
+    variant_row = next(line for line in ablations.splitlines() if line.startswith("| loss.alpha=0.3 | 42 |"))
+    assert variant_row.split(" | ")[2] == f"{100 * scores['calibration']['accuracy'][-1]:.1f} (1)"
     edr_calibration = [(r["speedup"], r["accuracy"]) for r in de3_run.chosen_rows if r["rule"] == "edr"]
-    assert variant_row.split(" | ")[2] == f"{100 * frontier_area(edr_calibration, max(TARGETS)):.1f} (1)"
+    assert variant_row.split(" | ")[3] == f"{100 * frontier_area(edr_calibration, max(TARGETS)):.1f} (1)"
     matched = text.split("## Compute-matched control")[1].split("\n## ")[0]
     assert f"| de3-matched | {2 * driver.EPOCHS} | {de3_row.split(' | ')[2]} |" in matched  # the copy of de3's run
     assert "Not tuned" in text.split("## Hyperparameters")[1]

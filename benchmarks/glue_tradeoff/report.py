@@ -718,8 +718,9 @@ def _lambda_sensitivity(by_task, tasks: list[str]) -> list[str]:
 
 
 def _sensitivity(by_task, sensitivity: dict[str, dict[str, list[Run]]]) -> list[str]:
-    """DE³'s ablations one change at a time (sensitivity.py), beside the defaults' runs: first on
-    the calibration split, where a variant may be chosen, then dev's calibrated readings."""
+    """DE³'s ablations one change at a time (sensitivity.py), one row per run, beside the defaults'
+    runs of the same seeds: first on the calibration split, where a variant may be chosen, then
+    dev's calibrated readings."""
     if not sensitivity:
         return []
     upto = max(TARGETS)
@@ -738,23 +739,26 @@ def _sensitivity(by_task, sensitivity: dict[str, dict[str, list[Run]]]) -> list[
             "",
             *table_header(
                 "variant",
+                "seed",
                 "calibration full depth",
                 f"calibration EDR area 1–{upto:g}×",
                 "dev full depth",
                 *(f"dev EDR {t}×" for t in TARGETS),
                 "dev entropy 2.0×",
+                names=2,
             ),
         ]
         for name, runs in [("defaults", default), *sorted(variants.items())]:
-            areas = [r.chosen_area(upto) for r in runs]
-            cells = [
-                mean_std([r.chosen_full_depth for r in runs]),
-                mean_std(areas) if None not in areas else "not reached",
-                cell(runs, None)[0],
-                *(calibrated(runs, t)[0] for t in TARGETS),
-                calibrated(runs, 2.0, "entropy")[0],
-            ]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            for run in sorted(runs, key=lambda r: r.seed):
+                area = run.chosen_area(upto)
+                cells = [
+                    mean_std([run.chosen_full_depth]),
+                    mean_std([area]) if area is not None else "not reached",
+                    cell([run], None)[0],
+                    *(calibrated([run], t)[0] for t in TARGETS),
+                    calibrated([run], 2.0, "entropy")[0],
+                ]
+                lines.append(f"| {name} | {run.seed} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
 
