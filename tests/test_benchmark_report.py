@@ -277,13 +277,19 @@ def test_report_says_whether_the_training_code_changed_between_the_runs_commits(
     first = commit_file("de3/model.py", "v1")
     benchmark_only = commit_file("benchmarks/glue_tradeoff/report.py", "v1")
     retrained = commit_file("de3/model.py", "v2")
-    assert "identical at all of them" in report_module.code_note([first, benchmark_only])
-    assert report_module.code_note([first, benchmark_only, retrained]).endswith(
+    assert report_module.code_line([benchmark_only, first]) == (
+        f"git {first[:12]}, {benchmark_only[:12]} (de3, conf, run.py identical at all of them: "
+        "only the benchmark's own files changed)"
+    )
+    assert report_module.code_line([first, benchmark_only, retrained]).endswith(
         f"differ from {first[:12]} at {retrained[:12]}; `git diff` them)"
     )
-    assert report_module.code_note([first, "unknown"]) == ""  # nothing to compare
-    uncommitted = report_module.code_note([f"{first}-dirty", benchmark_only])
-    assert "identical at all of them" in uncommitted and "1 of them -dirty" in uncommitted
+    assert report_module.code_line([first, "unknown"]) == f"git {first[:12]}, unknown"  # nothing to compare
+    uncommitted = report_module.code_line([f"{first}-dirty", benchmark_only])
+    assert uncommitted.startswith(f"git {first[:12]}-dirty, {benchmark_only[:12]} (")
+    assert "identical at all of them" in uncommitted and "1 of the commits -dirty" in uncommitted
+    many = report_module.code_line([retrained, first, benchmark_only], listed=2)
+    assert many.startswith(f"git 3 commits from {first[:12]} to {retrained[:12]}, each run's in its results.json (")
 
 
 def test_every_number_the_committed_findings_quote_is_in_a_table():

@@ -269,14 +269,20 @@ def area_cell(runs: list[Run], upto: float) -> str:
     return mean_std([frontier_area(r.points(), upto) for r in runs]) if runs and upto > 1.0 else "—"
 
 
-def code_note(commits: list[str]) -> str:
-    """Whether the training code (`TRAINING_CODE`) is the same at every commit the runs were made
-    at, and whether some runs had uncommitted changes (a "-dirty" commit, see `git_commit`)."""
+def code_line(commits: list[str], listed: int = 3) -> str:
+    """The commits the runs were made at, oldest first (all of them up to `listed`, else the
+    oldest and newest and how many), and whether the training code (`TRAINING_CODE`) is the
+    same at all of them and some runs had uncommitted changes (a "-dirty" commit, see `git_commit`)."""
     dirty = sum(c.endswith(DIRTY) for c in commits)
     known = sorted(
         {c.removesuffix(DIRTY) for c in commits if c != "unknown"},
         key=lambda c: int(git("rev-list", "--count", c).stdout.strip() or 0),  # oldest (fewest ancestors) first
     )
+    named = sorted(commits, key=lambda c: known.index(c.removesuffix(DIRTY)) if c != "unknown" else len(known))
+    if len(named) > listed:
+        named = [f"{len(named)} commits from {known[0][:12]} to {known[-1][:12]}, each run's in its results.json"]
+    else:
+        named = [c[:12] + DIRTY * c.endswith(DIRTY) for c in named]
     notes = []
     if len(known) > 1:
         changed = [c[:12] for c in known[1:] if git("diff", "--quiet", known[0], c, "--", *TRAINING_CODE).returncode]
@@ -287,9 +293,10 @@ def code_note(commits: list[str]) -> str:
         )
     if dirty:
         notes.append(
-            f"{dirty} of them {DIRTY}: tracked files had uncommitted changes when a run started; no commit records them"
+            f"{dirty} of the commits {DIRTY}: tracked files had uncommitted changes when a run started; "
+            "no commit records them"
         )
-    return f" ({'; '.join(notes)})" if notes else ""
+    return f"git {', '.join(named)}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def section(title: str, *text: str) -> list[str]:
@@ -409,7 +416,7 @@ def report(
         f"- Runs: {len(runs)} of {planned + matched} finished ({planned} main, {matched} compute-matched); "
         f"total wall time {sum(r.wall_time_s for r in runs) / 3600:.1f} h "
         "(training + evaluation + sweep, per run); their text outputs are in `runs/`",
-        f"- Code: git {', '.join(c[:12] + DIRTY * c.endswith(DIRTY) for c in commits)}{code_note(commits)}",
+        f"- Code: {code_line(commits)}",
         *(f"- Budget ({task}): `{' '.join(budget(task))} trainer.max_epochs={EPOCHS}`" for task in tasks),
         f"- {' and '.join(TWO_STAGE)} train {2 * EPOCHS} epochs: stage 1 fine-tunes backbone + final exit for "
         f"the same {EPOCHS} epochs as everyone, stage 2 trains the internal exits for {EPOCHS} more with the "
