@@ -1,6 +1,7 @@
 """The GLUE trade-off driver and report, on real (tiny) runs with a calibration split, laid out and
 kept as the driver lays them out and keeps them."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -83,7 +84,9 @@ def test_report_tables_from_kept_run_outputs(tiny_config, glue_dir, tmp_path, mo
     mean_depth = (de3_run.full_depth + runs[-1].full_depth) / 2
     standard_error = 100 * (mean_depth * (1 - mean_depth) / len(labels)) ** 0.5
     assert f"Dev has {len(labels)} examples: one answer moves accuracy by {100 / len(labels):.2f} points" in text
-    assert f"an accuracy of {100 * mean_depth:.1f} (the methods' mean full depth) is {standard_error:.1f} points" in text
+    assert (
+        f"an accuracy of {100 * mean_depth:.1f} (the methods' mean full depth) is {standard_error:.1f} points" in text
+    )
     # area over the speed-ups both runs reach; oracle cells marked where interpolated
     upto = min(max(s for s, _ in r.points()) for r in runs)
     header = next(line for line in text.splitlines() if line.startswith("| method | rule | full depth |"))
@@ -113,6 +116,13 @@ def test_report_tables_from_kept_run_outputs(tiny_config, glue_dir, tmp_path, mo
     assert variant_row.split(" | ")[3] == f"{100 * frontier_area(edr_calibration, max(TARGETS)):.1f} (1)"
     matched = text.split("## Compute-matched control")[1].split("\n## ")[0]
     assert f"| de3-matched | {2 * driver.EPOCHS} | {de3_row.split(' | ')[2]} |" in matched  # the copy of de3's run
+    # a seed the matched runs lack stays out of the control's rows
+    other_seed = dataclasses.replace(de3_run, seed=43, full_depth=0.123)
+    by_task = {
+        "rte": {"de3": [de3_run, other_seed], "de3-matched": [dataclasses.replace(de3_run, method="de3-matched")]}
+    }
+    partial = "\n".join(report_module._compute_matched(by_task, ["rte"]))
+    assert "### rte (seeds 42)" in partial and f"| de3 | {driver.EPOCHS} | {de3_row.split(' | ')[2]} |" in partial
     assert "Not tuned" in text.split("## Hyperparameters")[1]
     assert (tmp_path / "curves_rte.png").is_file()
     # the tuning runs on dev, beside the calibration areas the choice was made on

@@ -550,21 +550,25 @@ def _tuning(tuning: dict[tuple[str, str], Run]) -> list[str]:
 
 
 def _compute_matched(by_task, tasks: list[str]) -> list[str]:
-    """Joint schemes trained as many epochs as the two-stage ones (`<method>-matched` runs)."""
+    """Joint schemes trained as many epochs as the two-stage ones (`<method>-matched` runs),
+    every row read on the seeds the matched runs have, so a partial control compares like with like."""
     shown = [t for t in MATCHED_TASKS if t in tasks and any(f"{m}{MATCHED}" in by_task[t] for m in MATCHED_METHODS)]
     if not shown:
         return []
     lines = section(
         "Compute-matched control",
         f"{', '.join(MATCHED_METHODS)} trained for {2 * EPOCHS} epochs (the `{MATCHED}` rows), as many as "
-        f"{' and '.join(TWO_STAGE)} in all, beside their {EPOCHS}-epoch runs. Calibrated readings.",
+        f"{' and '.join(TWO_STAGE)} in all, beside their {EPOCHS}-epoch runs. Calibrated readings, every row "
+        "on the seeds the matched runs have (listed per task).",
     )
     for task in shown:
-        lines += [f"### {task}", "", *table_header("method", "epochs", "full depth", *(f"{t}×" for t in TARGETS))]
+        seeds = sorted({r.seed for m in MATCHED_METHODS for r in by_task[task].get(f"{m}{MATCHED}", [])})
+        lines += [f"### {task} (seeds {', '.join(map(str, seeds))})", ""]
+        lines += table_header("method", "epochs", "full depth", *(f"{t}×" for t in TARGETS))
         rows = [(m, EPOCHS) for m in MATCHED_METHODS] + [(f"{m}{MATCHED}", 2 * EPOCHS) for m in MATCHED_METHODS]
         rows += [(m, 2 * EPOCHS) for m in TWO_STAGE]
         for method, epochs in rows:
-            runs = by_task[task].get(method, [])
+            runs = [r for r in by_task[task].get(method, []) if r.seed in seeds]
             cells = [cell(runs, None)[0], *(calibrated(runs, t)[0] for t in TARGETS)]
             lines.append(f"| {method} | {epochs} | " + " | ".join(cells) + " |")
         lines.append("")
