@@ -191,6 +191,18 @@ def test_main_jobs_share_training_only_between_equal_configurations(tmp_path, mo
     matched = jobs["sst2", "de3-matched", 42]
     assert matched.method == "de3" and matched.extra[-1] == f"trainer.max_epochs={2 * driver.EPOCHS}"
     assert ("stsb", "pabee-matched", 42) not in jobs
+    control = [
+        (j.seed, j.task, j.directory.parent.name)
+        for j in driver.main_jobs(tmp_path, ["sst2", "mrpc"], ["de3", "pabee", "badge"], [42, 43])
+        if j.directory.parent.name.endswith(driver.MATCHED)
+    ]  # seed-major, MRPC's cheaper seed first
+    assert control[:4] == [
+        (42, "mrpc", "de3-matched"),
+        (42, "mrpc", "pabee-matched"),
+        (42, "mrpc", "badge-matched"),
+        (42, "sst2", "de3-matched"),
+    ]
+    assert len(control) == 12 and control[-1] == (43, "sst2", "badge-matched")
     assert driver.seeds_of("sst2", driver.SEEDS) == (42, 43, 44, 45, 46) and driver.seeds_of("rte", driver.SEEDS) == (
         42,
         43,
