@@ -115,14 +115,22 @@ def test_report_tables_from_kept_run_outputs(tiny_config, glue_dir, tmp_path, mo
     edr_calibration = [(r["speedup"], r["accuracy"]) for r in de3_run.chosen_rows if r["rule"] == "edr"]
     assert variant_row.split(" | ")[3] == f"{100 * frontier_area(edr_calibration, max(TARGETS)):.1f} (1)"
     matched = text.split("## Compute-matched control")[1].split("\n## ")[0]
-    assert f"| de3-matched | {2 * driver.EPOCHS} | {de3_row.split(' | ')[2]} |" in matched  # the copy of de3's run
+    checkpoint = json.loads((kept / "rte" / "de3" / "seed42" / "results.json").read_text())["checkpoint"]
+    epoch = report_module.chosen_epoch(checkpoint) or "—"
+    assert f"| de3-matched | {2 * driver.EPOCHS} | {epoch} | {de3_row.split(' | ')[2]} |" in matched  # de3's copy
+    assert report_module.chosen_epoch("ckpts/epoch01-step208.ckpt") == 2  # Lightning counts from 0
+    assert report_module.chosen_epoch("ckpts/epoch00-step104.ckpt", epochs_before=3) == 4  # after a stage 1
     # a seed the matched runs lack stays out of the control's rows
     other_seed = dataclasses.replace(de3_run, seed=43, full_depth=0.123)
     by_task = {
         "rte": {"de3": [de3_run, other_seed], "de3-matched": [dataclasses.replace(de3_run, method="de3-matched")]}
     }
     partial = "\n".join(report_module._compute_matched(by_task, ["rte"]))
-    assert "### rte (seeds 42)" in partial and f"| de3 | {driver.EPOCHS} | {de3_row.split(' | ')[2]} |" in partial
+    assert (
+        "### rte (seed 42)" in partial and f"| de3 | {driver.EPOCHS} | {epoch} | {de3_row.split(' | ')[2]} |" in partial
+    )
+    by_task["rte"]["de3-matched"].append(dataclasses.replace(other_seed, method="de3-matched"))
+    assert "### rte (seeds 42, 43)" in "\n".join(report_module._compute_matched(by_task, ["rte"]))
     assert "Not tuned" in text.split("## Hyperparameters")[1]
     assert (tmp_path / "curves_rte.png").is_file()
     # the tuning runs on dev, beside the calibration areas the choice was made on

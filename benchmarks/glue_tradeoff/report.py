@@ -44,6 +44,7 @@ from benchmarks.glue_tradeoff.run import (  # noqa: E402
     MATCHED_TASKS,
     METHODS,
     SEEDS,
+    STAGE_ONE_OF,
     TASKS,
     TRAINED_AS,
     TUNED,
@@ -70,6 +71,7 @@ FINDINGS = HERE / "findings.md"  # the hand-written reading of the tables, place
 TARGETS = (1.5, 2.0, 3.0)
 RULE_ORDER = ("edr", "dr", "entropy", "maxprob", "patience", "pcee", "dge")
 NUMBER = re.compile(r"\d+\.\d+")  # how findings.md quotes a table's cell
+CHECKPOINT_EPOCH = re.compile(r"epoch(\d+)")  # Lightning's 0-based epoch in a checkpoint's file name
 CHANCE_MARGIN = 0.03  # a task is "at chance" when every method's full depth is this close to a constant answer
 INTERPOLATED = "*"
 README = REPO_ROOT / "README.md"
@@ -110,6 +112,7 @@ class Run:
     wall_time_s: float
     commit: str | None
     folder: Path
+    epoch: int | None = None  # 1-based: the epoch after which the chosen checkpoint was saved
 
     @property
     def metric(self) -> str:
@@ -176,7 +179,16 @@ def load_run(folder: Path, method: str) -> Run | None:
         wall_time_s=results["wall_time_s"],
         commit=results.get("git_commit"),
         folder=folder,
+        # a run that starts from another's stage 1 counts its epochs after that stage's
+        epoch=chosen_epoch(results.get("checkpoint"), EPOCHS if method in STAGE_ONE_OF else 0),
     )
+
+
+def chosen_epoch(checkpoint: str | None, epochs_before: int = 0) -> int | None:
+    """The 1-based epoch of the whole training after which `checkpoint` (results.json's path)
+    was saved, its run having started `epochs_before` epochs in; None without a checkpoint."""
+    match = CHECKPOINT_EPOCH.search(Path(checkpoint).name) if checkpoint else None
+    return epochs_before + int(match.group(1)) + 1 if match else None
 
 
 def load_runs(out: Path) -> list[Run]:
@@ -304,6 +316,11 @@ def section(title: str, *text: str) -> list[str]:
     return [f"## {title}", "", *text, ""]
 
 
+def plural(count: int, noun: str) -> str:
+    """`noun`, with an s unless `count` is 1."""
+    return noun if count == 1 else f"{noun}s"
+
+
 def table_header(*columns: str, names: int = 1) -> list[str]:
     """A markdown header: the first `names` columns left-aligned, the rest right-aligned (numbers)."""
     return ["| " + " | ".join(columns) + " |", "|" + "---|" * names + "---:|" * (len(columns) - names)]
@@ -360,7 +377,7 @@ def plot_task(task: str, by_method: dict[str, list[Run]], path: Path) -> None:
         if not xs:
             continue
         colour = plt.get_cmap("tab10")(index)
-        label = f"{method} ({runs[0].rule}, {len(runs)} seeds)"
+        label = f"{method} ({runs[0].rule}, {len(runs)} {plural(len(runs), 'seed')})"
         ax.plot(xs, means, color=colour, label=label, linestyle=("-", "--", "-.", ":")[index % 4])
         ax.fill_between(
             xs, [m - d for m, d in zip(means, stds)], [m + d for m, d in zip(means, stds)], color=colour, alpha=0.15
@@ -559,17 +576,19 @@ def _compute_matched(by_task, tasks: list[str]) -> list[str]:
         "Compute-matched control",
         f"{', '.join(MATCHED_METHODS)} trained for {2 * EPOCHS} epochs (the `{MATCHED}` rows), as many as "
         f"{' and '.join(TWO_STAGE)} in all, beside their {EPOCHS}-epoch runs. Calibrated readings, every row "
-        "on the seeds the matched runs have (listed per task).",
+        'on the seeds the matched runs have (listed per task); "epoch chosen": the epoch whose checkpoint the '
+        "calibration split picked, one per seed in seed order.",
     )
     for task in shown:
         seeds = sorted({r.seed for m in MATCHED_METHODS for r in by_task[task].get(f"{m}{MATCHED}", [])})
-        lines += [f"### {task} (seeds {', '.join(map(str, seeds))})", ""]
-        lines += table_header("method", "epochs", "full depth", *(f"{t}×" for t in TARGETS))
+        lines += [f"### {task} ({plural(len(seeds), 'seed')} {', '.join(map(str, seeds))})", ""]
+        lines += table_header("method", "epochs", "epoch chosen", "full depth", *(f"{t}×" for t in TARGETS))
         rows = [(m, EPOCHS) for m in MATCHED_METHODS] + [(f"{m}{MATCHED}", 2 * EPOCHS) for m in MATCHED_METHODS]
         rows += [(m, 2 * EPOCHS) for m in TWO_STAGE]
         for method, epochs in rows:
-            runs = [r for r in by_task[task].get(method, []) if r.seed in seeds]
-            cells = [cell(runs, None)[0], *(calibrated(runs, t)[0] for t in TARGETS)]
+            runs = sorted((r for r in by_task[task].get(method, []) if r.seed in seeds), key=lambda r: r.seed)
+            chosen = ", ".join(str(r.epoch or "—") for r in runs) or "—"
+            cells = [chosen, cell(runs, None)[0], *(calibrated(runs, t)[0] for t in TARGETS)]
             lines.append(f"| {method} | {epochs} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
