@@ -7,14 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 import de3  # noqa: F401  (registers resolvers)
+from de3.jobs import build_datamodule
 from de3.models.backbone import load_encoder, load_tokenizer
 from de3.models.char_tokenizer import bert_char_tokenizer
 from tests.glue_fixtures import write_glue
@@ -88,6 +91,19 @@ def tiny_config(tmp_path: Path, glue_dir: Path):
 
     yield make
     GlobalHydra.instance().clear()
+
+
+def trained_weights(cfg: DictConfig, max_steps: int) -> dict[str, torch.Tensor]:
+    """`cfg.model`'s parameters after `max_steps` optimizer steps from seed 0 (no validation,
+    no gradient clipping)."""
+    L.seed_everything(0)
+    module = instantiate(cfg.model)
+    datamodule = build_datamodule(cfg, module.task, module.tokenizer, "fit")
+    trainer = L.Trainer(
+        max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0
+    )
+    trainer.fit(module, datamodule)
+    return {name: p.detach().clone() for name, p in module.model.named_parameters()}
 
 
 def run_cli(

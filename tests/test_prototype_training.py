@@ -10,7 +10,7 @@ from de3.jobs import build_datamodule
 from de3.models.backbone import EncoderBackbone
 from de3.models.multi_exit import MultiExitModel
 from de3.models.prototypes import dar_loss
-from tests.conftest import tiny_bert_encoder
+from tests.conftest import tiny_bert_encoder, trained_weights
 
 GAMMA = 0.5
 
@@ -112,24 +112,12 @@ def test_dar_gradients_reach_mappings_and_backbone_not_prototypes():
     assert model.prototypes.prototypes.grad is None
 
 
-def fit_without_clipping(tiny_config, *overrides: str) -> dict[str, torch.Tensor]:
-    """The tiny de3 model's weights after 4 optimizer steps from seed 0, no gradient clipping."""
-    cfg = tiny_config("task=rte", "loss=de3", "data.batch_size=4", *overrides)
-    L.seed_everything(0)
-    module = instantiate(cfg.model)
-    datamodule = build_datamodule(cfg, module.task, module.tokenizer, "fit")
-    trainer = L.Trainer(
-        max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0
-    )
-    trainer.fit(module, datamodule)
-    return module.model.state_dict()
-
-
 def test_detached_mappings_leave_backbone_and_exits_as_without_dar(tiny_config):
     # The two ablations of DAR differ only in the mappings (and, with a gradient-norm clip, in
     # the norm the mappings' gradients add); their full-depth scores are one result, not two.
-    without_dar = fit_without_clipping(tiny_config, "loss.alpha=0")
-    detached = fit_without_clipping(tiny_config, "model.prototypes.detach_backbone=true")
+    de3 = ("task=rte", "loss=de3", "data.batch_size=4")
+    without_dar = trained_weights(tiny_config(*de3, "loss.alpha=0"), max_steps=4)
+    detached = trained_weights(tiny_config(*de3, "model.prototypes.detach_backbone=true"), max_steps=4)
     mappings = [name for name in detached if name.startswith("prototypes.")]
     assert any(not torch.equal(detached[name], without_dar[name]) for name in mappings)  # DAR trained them
     for name in set(detached) - set(mappings):

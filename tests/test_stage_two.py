@@ -4,7 +4,6 @@ started from another run's stage 1 (`loss.stage1_ckpt`)."""
 
 import json
 
-import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -12,24 +11,13 @@ from hydra.utils import instantiate
 from de3.errors import De3Error
 from de3.jobs import build_datamodule, train
 from de3.models.layer_cache import cache_pooled_layers
-from tests.conftest import compose_config
+from tests.conftest import compose_config, trained_weights
 
 NO_DROPOUT = (
     "+backbone.config_overrides.hidden_dropout_prob=0.0",
     "+backbone.config_overrides.attention_probs_dropout_prob=0.0",
     "model.exits.dropout=0.0",
 )
-
-
-def trained_weights(cfg) -> dict[str, torch.Tensor]:
-    L.seed_everything(0)
-    module = instantiate(cfg.model)
-    datamodule = build_datamodule(cfg, module.task, module.tokenizer, "fit")
-    trainer = L.Trainer(
-        max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0
-    )
-    trainer.fit(module, datamodule)
-    return {name: p.detach().clone() for name, p in module.model.named_parameters()}
 
 
 @pytest.mark.parametrize("loss", ["distill"])
@@ -43,8 +31,8 @@ def test_cached_stage_two_trains_as_the_backbone_would(tiny_config, loss):
         "model.optimizer.lr=1e-2",
     )
     overrides += NO_DROPOUT
-    cached = trained_weights(tiny_config(*overrides, "loss.cache_layers=true"))
-    uncached = trained_weights(tiny_config(*overrides, "loss.cache_layers=false"))
+    cached = trained_weights(tiny_config(*overrides, "loss.cache_layers=true"), max_steps=6)
+    uncached = trained_weights(tiny_config(*overrides, "loss.cache_layers=false"), max_steps=6)
     assert cached.keys() == uncached.keys()
     for name, tensor in uncached.items():
         torch.testing.assert_close(cached[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
