@@ -118,6 +118,12 @@ def test_report_tables_from_kept_run_outputs(tiny_config, glue_dir, tmp_path, mo
     checkpoint = json.loads((kept / "rte" / "de3" / "seed42" / "results.json").read_text())["checkpoint"]
     epoch = report_module.chosen_epoch(checkpoint) or "—"
     assert f"| de3-matched | {2 * driver.EPOCHS} | {epoch} | {de3_row.split(' | ')[2]} |" in matched  # de3's copy
+    paired = {line.split(" | ")[0]: line.split(" | ")[1:] for line in matched.splitlines() if " − " in line}
+    same = ["+0.0 (0/1)" if r is not None else "not reached" for r in map(de3_run.calibrated_at, TARGETS)]
+    assert paired["| de3-matched − de3"] == ["+0.0 (0/1)", *same[:-1], same[-1] + " |"]  # a copy of de3
+    assert paired["| de3-matched − deebert"] == ["—", "—", "—", "— |"]  # no two-stage run here
+    assert report_module.paired_gap({42: 0.8, 43: 0.7}, {42: 0.75, 43: 0.72, 44: 0.9}) == "+1.5 ± 4.9 (1/2)"
+    assert report_module.paired_gap({42: None}, {42: 0.7}) == "not reached"
     assert report_module.chosen_epoch("ckpts/epoch01-step208.ckpt") == 2  # Lightning counts from 0
     assert report_module.chosen_epoch("ckpts/epoch00-step104.ckpt", epochs_before=3) == 4  # after a stage 1
     # a seed the matched runs lack stays out of the control's rows

@@ -577,7 +577,9 @@ def _compute_matched(by_task, tasks: list[str]) -> list[str]:
         f"{', '.join(MATCHED_METHODS)} trained for {2 * EPOCHS} epochs (the `{MATCHED}` rows), as many as "
         f"{' and '.join(TWO_STAGE)} in all, beside their {EPOCHS}-epoch runs. Calibrated readings, every row "
         'on the seeds the matched runs have (listed per task); "epoch chosen": the epoch whose checkpoint the '
-        "calibration split picked, one per seed in seed order.",
+        "calibration split picked, one per seed in seed order. Below each task's table: each matched run "
+        f"minus its own {EPOCHS}-epoch run and minus each two-stage method, paired by seed as in "
+        '"DE³ against each baseline" (×100, mean ± std, and on how many seeds the matched run scored higher).',
     )
     for task in shown:
         seeds = sorted({r.seed for m in MATCHED_METHODS for r in by_task[task].get(f"{m}{MATCHED}", [])})
@@ -590,8 +592,32 @@ def _compute_matched(by_task, tasks: list[str]) -> list[str]:
             chosen = ", ".join(str(r.epoch or "—") for r in runs) or "—"
             cells = [chosen, cell(runs, None)[0], *(calibrated(runs, t)[0] for t in TARGETS)]
             lines.append(f"| {method} | {epochs} | " + " | ".join(cells) + " |")
+        lines += ["", *table_header("paired by seed", "full depth", *(f"{t}×" for t in TARGETS))]
+        for method in MATCHED_METHODS:
+            ours = by_task[task].get(f"{method}{MATCHED}", [])
+            for other in (method, *TWO_STAGE):
+                theirs = [r for r in by_task[task].get(other, []) if r.seed in seeds]
+                cells = [paired_gap(scores_by_seed(ours, t), scores_by_seed(theirs, t)) for t in (None, *TARGETS)]
+                lines.append(f"| {method}{MATCHED} − {other} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
+
+
+def scores_by_seed(runs: list[Run], target: float | None) -> dict[int, float | None]:
+    """Seed → full-depth dev score (`target` None) or calibrated dev score at `target`."""
+    return {r.seed: r.full_depth if target is None else (r.calibrated_at(target) or (None,))[0] for r in runs}
+
+
+def paired_gap(ours: dict[int, float | None], theirs: dict[int, float | None]) -> str:
+    """`ours` minus `theirs` on the seeds both have (×100, mean ± std) and on how many of them `ours`
+    is higher; "not reached" where either side has no score on one of them, "—" without a common seed."""
+    pairs = [(ours[s], theirs[s]) for s in sorted(ours.keys() & theirs.keys())]
+    if not pairs or any(None in pair for pair in pairs):
+        return "not reached" if pairs else "—"
+    gaps = [100 * (a - b) for a, b in pairs]
+    spread = f" ± {statistics.stdev(gaps):.1f}" if len(gaps) > 1 else ""
+    wins = sum(g > 0 for g in gaps)
+    return f"{statistics.fmean(gaps):+.1f}{spread} ({wins}/{len(gaps)})"
 
 
 def _paired_against_de3(by_task, tasks: list[str]) -> list[str]:
@@ -604,23 +630,13 @@ def _paired_against_de3(by_task, tasks: list[str]) -> list[str]:
     classification = [t for t in tasks if not GLUE_TASKS[t].is_regression and by_task[t].get("de3")]
     for target in TARGETS:
         by_seed = {  # (task, method) → seed → calibrated dev score at this target, each computed once
-            (task, method): {r.seed: (r.calibrated_at(target) or (None,))[0] for r in runs}
+            (task, method): scores_by_seed(runs, target)
             for task in classification
             for method, runs in by_task[task].items()
         }
         lines += [f"### {target}× speed-up", "", *table_header("baseline", *classification)]
         for method in (m for m in METHODS if m != "de3"):
-            cells = []
-            for task in classification:
-                ours, theirs = by_seed[task, "de3"], by_seed.get((task, method), {})
-                pairs = [(ours[s], theirs[s]) for s in sorted(ours.keys() & theirs.keys())]
-                if not pairs or any(None in pair for pair in pairs):
-                    cells.append("not reached" if pairs else "—")
-                    continue
-                gaps = [100 * (a - b) for a, b in pairs]
-                spread = f" ± {statistics.stdev(gaps):.1f}" if len(gaps) > 1 else ""
-                wins = sum(g > 0 for g in gaps)
-                cells.append(f"{statistics.fmean(gaps):+.1f}{spread} ({wins}/{len(gaps)})")
+            cells = [paired_gap(by_seed[task, "de3"], by_seed.get((task, method), {})) for task in classification]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
