@@ -593,11 +593,12 @@ def _compute_matched(by_task, tasks: list[str]) -> list[str]:
             cells = [chosen, cell(runs, None)[0], *(calibrated(runs, t)[0] for t in TARGETS)]
             lines.append(f"| {method} | {epochs} | " + " | ".join(cells) + " |")
         lines += ["", *table_header("paired by seed", "full depth", *(f"{t}×" for t in TARGETS))]
+        readings = (None, *TARGETS)
         for method in MATCHED_METHODS:
-            ours = by_task[task].get(f"{method}{MATCHED}", [])
-            for other in (method, *TWO_STAGE):
-                theirs = [r for r in by_task[task].get(other, []) if r.seed in seeds]
-                cells = [paired_gap(scores_by_seed(ours, t), scores_by_seed(theirs, t)) for t in (None, *TARGETS)]
+            ours = [scores_by_seed(by_task[task].get(f"{method}{MATCHED}", []), t) for t in readings]
+            for other in (method, *TWO_STAGE):  # paired_gap keeps only the seeds both sides have
+                theirs = [scores_by_seed(by_task[task].get(other, []), t) for t in readings]
+                cells = [paired_gap(a, b) for a, b in zip(ours, theirs)]
                 lines.append(f"| {method}{MATCHED} − {other} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
