@@ -140,6 +140,27 @@ def test_report_tables_from_kept_run_outputs(tiny_config, glue_dir, tmp_path, mo
     )
     by_task["rte"]["de3-matched"].append(dataclasses.replace(other_seed, method="de3-matched"))
     assert "### rte (seeds 42, 43)" in "\n".join(report_module._compute_matched(by_task, ["rte"]))
+    # past the fixed targets: the same two runs with every speed-up doubled, so that 4× and 5× are in reach
+    past_runs = {
+        r.method: dataclasses.replace(
+            r,
+            **{
+                rows: [{**row, "speedup": 2 * row["speedup"]} for row in getattr(r, rows)]
+                for rows in ("rows", "chosen_rows")
+            },
+        )
+        for r in runs
+        if r.method in ("de3", "pabee")
+    }
+    past = "\n".join(report_module._past_the_targets({"rte": {m: [r] for m, r in past_runs.items()}}, ["rte"]))
+    assert "(exploratory)" in past.splitlines()[0]
+    for target in report_module.PAST_TARGETS:
+        block = past.split(f"### {target}× speed-up, calibrated")[1].split("###")[0]
+        de3_reading, pabee_reading = (past_runs[m].calibrated_at(target) for m in ("de3", "pabee"))
+        assert de3_reading is not None  # 3 layers, doubled: its fastest threshold is at 6×
+        assert f"| de3 | {100 * de3_reading[0]:.1f} (1) @ {de3_reading[1]:.2f}× | {100 * de3_reading[0]:.1f} |" in block
+        gap = None if pabee_reading is None else 100 * (de3_reading[0] - pabee_reading[0])
+        assert (f"| pabee | {gap:+.1f} ({int(gap > 0)}/1) |" if gap is not None else "| pabee | not reached |") in block
     assert "Not tuned" in text.split("## Hyperparameters")[1]
     assert (tmp_path / "curves_rte.png").is_file()
     # the tuning runs on dev, beside the calibration areas the choice was made on
