@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import statistics
 import time
 
@@ -156,6 +157,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rules", nargs="+", default=list(RULES_TIMED), choices=list(RULES_TIMED))
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]  # another job on the cores shows here, and in every timing
     torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer("minilm", path=args.model_dir)
     lines = [
@@ -177,7 +179,10 @@ def main() -> None:
         f"\n## {', '.join(args.models)}\n" if args.append else "# Real early-exit latency against the speed-up ratio\n"
     )
     print(f"- Command: `python -m benchmarks.early_exit_latency {command}{' --append' if args.append else ''}`")
-    print(f"- Machine: {machine()}, {args.threads} thread(s); shared with parallel work, timings are noisy")
+    print(
+        f"- Machine: {machine()}, {args.threads} thread(s); 1-minute load average {load_before:.2f} at the start "
+        "(near 0 when nothing else was running; well above it, another job shared the cores and timings are noisy)"
+    )
     print(f"- Date: {datetime.date.today().isoformat()}")
     print(
         f"- Inputs: the first {args.samples} sentences of SST-2 dev (seeded subset), dynamic padding per batch; "
