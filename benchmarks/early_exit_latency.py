@@ -44,6 +44,7 @@ from de3.sweep import threshold_grid
 RULES_TIMED = {"entropy": {}, "edr": {"lam": 1.0}, "dge": {"divergence": "js", "window": 1}}
 TARGET_RATIO = {1: 0.9, 32: 0.8}  # measured / ratio at least this, per batch size
 TARGETS = (1.5, 2.0, 3.0)
+ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what a batch passes to both models
 BASE_SIZE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
 # Random-weight base-sized encoders: (row label, the tiny test config whose family and settings
 # they keep, sizes besides BASE_SIZE).
@@ -109,7 +110,7 @@ def bench_model(name, encoder, tokenizer, args, lines):
         datamodule.eval_batch_size = batch_size
         loader = datamodule.val_dataloader()[0]
         cache = with_class_mean_prototypes(model, loader)
-        batches = [{k: v for k, v in b.items() if k != "labels"} for b in loader]
+        batches = [{k: b[k] for k in ENCODER_INPUTS if k in b} for b in loader]  # not its labels, nor its "index"
         chosen = {rule: thresholds_for(model, cache, rule, RULES_TIMED[rule]) for rule in args.rules}
         fns = {"full": lambda b: model.final_logits(**b), "hf": lambda b: reference(**b).logits}
         for rule, points in chosen.items():
