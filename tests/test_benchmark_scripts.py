@@ -11,7 +11,7 @@ from de3.models.backbone import load_encoder, load_tokenizer
 def test_latency_benchmark_times_full_depth_every_rule_and_the_reference(glue_dir):
     tokenizer = load_tokenizer("tiny", model_type="bert")
     sizes = {"num_hidden_layers": 3, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
-    # 3 layers: DGE compares an exit with the one before, so with 2 it would have a single threshold-free layer
+    # 3 layers: DGE has no value at the first exit, so with 2 it would have one exit and no threshold to time
     encoder = load_encoder("tiny", model_type="bert", random_init=True, tokenizer=tokenizer, config_overrides=sizes)
     args = argparse.Namespace(glue_dir=str(glue_dir), samples=8, repeats=1, rules=list(RULES_TIMED))
     lines: list[str] = []
