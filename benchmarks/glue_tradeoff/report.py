@@ -646,13 +646,13 @@ def _de3_minus_each_baseline(by_task, tasks: list[str], target: float) -> list[s
     """One table: de3 minus each baseline at `target`, calibrated, paired by seed, per classification task."""
     classification = [t for t in tasks if not GLUE_TASKS[t].is_regression and by_task[t].get("de3")]
     by_seed = {  # (task, method) → seed → calibrated dev score at this target, each computed once
-        (task, method): scores_by_seed(runs, target)
+        (task, method): scores_by_seed(by_task[task].get(method, []), target)
         for task in classification
-        for method, runs in by_task[task].items()
+        for method in METHODS  # not the compute-matched runs: no row here reads them
     }
     lines = table_header("baseline", *classification)
     for method in (m for m in METHODS if m != "de3"):
-        cells = [paired_gap(by_seed[task, "de3"], by_seed.get((task, method), {})) for task in classification]
+        cells = [paired_gap(by_seed[task, "de3"], by_seed[task, method]) for task in classification]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
