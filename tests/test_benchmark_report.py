@@ -127,6 +127,7 @@ def test_report_tables_from_kept_run_outputs(tiny_config, glue_dir, tmp_path, mo
     assert paired["| de3-matched − deebert"] == ["—", "—", "—", "— |"]  # no two-stage run here
     assert report_module.paired_gap({42: 0.8, 43: 0.7}, {42: 0.75, 43: 0.72, 44: 0.9}) == "+1.5 ± 4.9 (1/2)"
     assert report_module.paired_gap({42: None}, {42: 0.7}) == "not reached"
+    assert report_module.paired_gap({42: 0.7, 43: 0.7}, {42: 0.7004, 43: 0.7}) == "+0.0 ± 0.0 (0/2)"
     assert report_module.chosen_epoch("ckpts/epoch01-step208.ckpt") == 2  # Lightning counts from 0
     assert report_module.chosen_epoch("ckpts/epoch00-step104.ckpt", epochs_before=3) == 4  # after a stage 1
     # a seed the matched runs lack stays out of the control's rows

@@ -627,7 +627,8 @@ def paired_gap(ours: dict[int, float | None], theirs: dict[int, float | None]) -
     gaps = [100 * (a - b) for a, b in pairs]
     spread = f" ± {statistics.stdev(gaps):.1f}" if len(gaps) > 1 else ""
     wins = sum(g > 0 for g in gaps)
-    return f"{statistics.fmean(gaps):+.1f}{spread} ({wins}/{len(gaps)})"
+    mean = round(statistics.fmean(gaps), 1) + 0.0  # + 0.0 turns a gap that rounds to -0.0 into +0.0
+    return f"{mean:+.1f}{spread} ({wins}/{len(gaps)})"
 
 
 def _paired_against_de3(by_task, tasks: list[str]) -> list[str]:
