@@ -1,0 +1,154 @@
+"""Where real early exit spends its time per sample, step by step, for each timed exit rule.
+
+python -m benchmarks.exit_step_cost >> benchmarks/early_exit_latency.md
+
+`early_exit_latency` measures how far each rule's latency falls short of its speed-up ratio; this
+says which step the shortfall is in. Every sample runs every layer (a threshold no indicator goes
+below), so the rules do the same backbone work and differ only in their own steps. The steps are
+timed by wrapping the functions `EarlyExitPredictor.predict_batch` calls — the backbone's layers,
+the exit heads, the prototype mapping and distances (EDR), the rule's indicator — with a clock;
+"the rest" is the loop itself (stacking the history, the exit decision, bookkeeping). Model and
+inputs as in `early_exit_latency`: MiniLM, untrained exit heads and mappings, class-mean prototypes,
+the first `--samples` SST-2 dev sentences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from unittest.mock import patch
+
+import torch
+
+import de3.predictor
+from benchmarks.early_exit_latency import ENCODER_INPUTS, RULES_TIMED, with_class_mean_prototypes
+from benchmarks.per_exit_table import machine
+from de3.data.datamodule import TextTaskDataModule
+from de3.data.tasks import GLUE_TASKS
+from de3.models.backbone import EncoderBackbone, load_encoder, load_tokenizer
+from de3.models.multi_exit import MultiExitModel
+from de3.predictor import EarlyExitPredictor
+
+STEPS = ("backbone layers", "exit heads", "prototype mapping", "prototype distances", "rule indicator")
+
+
+class StepClock:
+    """Seconds spent in each wrapped function, summed over calls."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def wrap(self, step: str, function: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            result = function(*args, **kwargs)
+            self.seconds[step] += time.perf_counter() - started
+            return result
+
+        return timed
+
+
+@contextmanager
+def clock_the_steps(model: MultiExitModel) -> Iterator[StepClock]:
+    """While open, the steps of `predict_batch` on this model (and the indicator function the
+    predictor calls) run under a `StepClock`; the originals are back on exit."""
+    clock = StepClock()
+    functions = [  # in STEPS' order
+        (model.backbone, "layer"),
+        (model, "exit_logits"),
+        (model.prototypes, "map_layer"),
+        (model.prototypes, "layer_distances"),
+        (de3.predictor, "layer_indicator"),
+    ]
+    with ExitStack() as stack:
+        for step, (owner, name) in zip(STEPS, functions, strict=True):
+            stack.enter_context(patch.object(owner, name, clock.wrap(step, getattr(owner, name))))
+        yield clock
+
+
+def sst2_one_at_a_time(model: MultiExitModel, tokenizer, glue_dir: str, samples: int) -> list[dict]:
+    """The first `samples` SST-2 dev sentences as batches of one (encoder inputs only), after
+    setting the model's prototypes to their class means over them."""
+    datamodule = TextTaskDataModule(
+        GLUE_TASKS["sst2"], tokenizer, data_dir=glue_dir, source="local", eval_limit=samples
+    )
+    datamodule.setup("validate")
+    datamodule.eval_batch_size = 1
+    loader = datamodule.val_dataloader()[0]
+    with_class_mean_prototypes(model, loader)
+    return [{k: b[k] for k in ENCODER_INPUTS if k in b} for b in loader]
+
+
+def step_costs(model, tokenizer, batches, rules: list[str], repeats: int) -> dict[str, dict[str, float]]:
+    """Per rule: median milliseconds per batch of each step and of the whole pass ("total"), over
+    `repeats` passes with the rules taking turns within each."""
+    task = GLUE_TASKS["sst2"]
+    predictors = {rule: EarlyExitPredictor(model, tokenizer, task, rule, 0.0, RULES_TIMED[rule]) for rule in rules}
+    passes: dict[str, list[dict[str, float]]] = {rule: [] for rule in rules}
+    with clock_the_steps(model) as clock:
+        for _ in range(repeats):
+            for rule, predictor in predictors.items():
+                clock.seconds.clear()
+                started = time.perf_counter()
+                for batch in batches:
+                    predictor.predict_batch(**batch)
+                total = time.perf_counter() - started
+                steps = {step: clock.seconds.get(step, 0.0) for step in STEPS}
+                passes[rule].append({**steps, "the rest": total - sum(steps.values()), "total": total})
+    return {
+        rule: {key: 1000 * statistics.median(p[key] for p in runs) / len(batches) for key in runs[0]}
+        for rule, runs in passes.items()
+    }
+
+
+def table(costs: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown: a row per rule, a column per step (ms per sample), and the rule's extra time over
+    the first rule's pass."""
+    columns = [*STEPS, "the rest", "total"]
+    first = next(iter(costs))
+    lines = [
+        f"| exit rule | {' | '.join(columns)} | total − {first} |",
+        "|---|" + "---:|" * (len(columns) + 1),
+    ]
+    for rule, cost in costs.items():
+        cells = [f"{cost[c]:.3f}" for c in columns]
+        lines.append(f"| {rule} | {' | '.join(cells)} | {cost['total'] - costs[first]['total']:+.3f} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model-dir", default="../shared/models/all-MiniLM-L6-v2")
+    parser.add_argument("--glue-dir", default="../shared/data/glue")
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    load_before = os.getloadavg()[0]
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer("minilm", path=args.model_dir)
+    encoder = load_encoder("minilm", path=args.model_dir)
+    model = MultiExitModel(EncoderBackbone(encoder), GLUE_TASKS["sst2"].num_outputs, pooling="cls", prototypes={})
+    batches = sst2_one_at_a_time(model.eval(), tokenizer, args.glue_dir, args.samples)
+    costs = step_costs(model, tokenizer, batches, list(RULES_TIMED), args.repeats)
+    print("\n## Where batch-1 early exit spends its time, step by step (MiniLM)\n")
+    command = f"--samples {args.samples} --repeats {args.repeats} --threads {args.threads}"
+    print(f"- Command: `python -m benchmarks.exit_step_cost {command}`")
+    print(f"- Machine: {machine()}, {args.threads} thread(s); 1-minute load average {load_before:.2f} at the start")
+    print(f"- Date: {datetime.date.today().isoformat()}")
+    print(
+        "- Every sample runs all 6 layers (threshold 0), batch 1; milliseconds per sample, median of "
+        f"{args.repeats} passes over the first {args.samples} SST-2 dev sentences.\n"
+    )
+    print("\n".join(table(costs)))
+
+
+if __name__ == "__main__":
+    main()
