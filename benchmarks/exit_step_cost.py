@@ -86,9 +86,11 @@ def sst2_one_at_a_time(model: MultiExitModel, tokenizer, glue_dir: str, samples:
 
 
 def step_costs(model, tokenizer, batches, rules: list[str], repeats: int) -> dict[str, dict[str, float]]:
-    """Per rule: median milliseconds per batch of each step and of the whole pass ("total"), over
-    `repeats` passes with the rules taking turns within each."""
+    """Per rule: milliseconds per batch of each step and of the whole pass ("total"), each the
+    median over `repeats` passes on its own (so with more than one pass the steps need not add up
+    to the total exactly), the rules taking turns within each pass."""
     task = GLUE_TASKS["sst2"]
+    # every timed rule's indicator is ≥ 0 and lets a sample go below the threshold: at 0 none goes
     predictors = {rule: EarlyExitPredictor(model, tokenizer, task, rule, 0.0, RULES_TIMED[rule]) for rule in rules}
     passes: dict[str, list[dict[str, float]]] = {rule: [] for rule in rules}
     with clock_the_steps(model) as clock:
