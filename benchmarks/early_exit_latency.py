@@ -97,20 +97,39 @@ def with_class_mean_prototypes(model: MultiExitModel, loader) -> ExitCache:
     return collect_exit_cache(model, loader)
 
 
+def sst2_timing_model(encoder) -> MultiExitModel:
+    """The model every timing here runs: `encoder` with SST-2's exit heads (CLS pooling) and
+    prototypes, in eval mode."""
+    return MultiExitModel(EncoderBackbone(encoder), GLUE_TASKS["sst2"].num_outputs, pooling="cls", prototypes={}).eval()
+
+
+def sst2_dev(tokenizer, glue_dir: str, samples: int) -> TextTaskDataModule:
+    """The first `samples` SST-2 dev sentences, set up for validation."""
+    datamodule = TextTaskDataModule(
+        GLUE_TASKS["sst2"], tokenizer, data_dir=glue_dir, source="local", eval_limit=samples
+    )
+    datamodule.setup("validate")
+    return datamodule
+
+
+def encoder_inputs(loader) -> list[dict]:
+    """Each batch of `loader` with only what the encoder takes: not its labels, nor its "index"."""
+    return [{k: b[k] for k in ENCODER_INPUTS if k in b} for b in loader]
+
+
 def bench_model(name, encoder, tokenizer, args, lines):
     torch.manual_seed(0)
     task = GLUE_TASKS["sst2"]
-    model = MultiExitModel(EncoderBackbone(encoder), task.num_outputs, pooling="cls", prototypes={}).eval()
+    model = sst2_timing_model(encoder)
     reference = AutoModelForSequenceClassification.from_config(encoder.config).eval()
     missing, unexpected = reference.base_model.load_state_dict(encoder.state_dict(), strict=False)
     assert not unexpected and all("pooler" in key for key in missing), (missing, unexpected)
-    datamodule = TextTaskDataModule(task, tokenizer, data_dir=args.glue_dir, source="local", eval_limit=args.samples)
-    datamodule.setup("validate")
+    datamodule = sst2_dev(tokenizer, args.glue_dir, args.samples)
     for batch_size in (1, 32):
         datamodule.eval_batch_size = batch_size
         loader = datamodule.val_dataloader()[0]
         cache = with_class_mean_prototypes(model, loader)
-        batches = [{k: b[k] for k in ENCODER_INPUTS if k in b} for b in loader]  # not its labels, nor its "index"
+        batches = encoder_inputs(loader)
         chosen = {rule: thresholds_for(model, cache, rule, RULES_TIMED[rule]) for rule in args.rules}
         fns = {"full": lambda b: model.final_logits(**b), "hf": lambda b: reference(**b).logits}
         for rule, points in chosen.items():

@@ -27,11 +27,16 @@ from unittest.mock import patch
 import torch
 
 import de3.predictor
-from benchmarks.early_exit_latency import ENCODER_INPUTS, RULES_TIMED, with_class_mean_prototypes
+from benchmarks.early_exit_latency import (
+    RULES_TIMED,
+    encoder_inputs,
+    sst2_dev,
+    sst2_timing_model,
+    with_class_mean_prototypes,
+)
 from benchmarks.per_exit_table import machine
-from de3.data.datamodule import TextTaskDataModule
 from de3.data.tasks import GLUE_TASKS
-from de3.models.backbone import EncoderBackbone, load_encoder, load_tokenizer
+from de3.models.backbone import load_encoder, load_tokenizer
 from de3.models.multi_exit import MultiExitModel
 from de3.predictor import EarlyExitPredictor
 
@@ -75,14 +80,11 @@ def clock_the_steps(model: MultiExitModel) -> Iterator[StepClock]:
 def sst2_one_at_a_time(model: MultiExitModel, tokenizer, glue_dir: str, samples: int) -> list[dict]:
     """The first `samples` SST-2 dev sentences as batches of one (encoder inputs only), after
     setting the model's prototypes to their class means over them."""
-    datamodule = TextTaskDataModule(
-        GLUE_TASKS["sst2"], tokenizer, data_dir=glue_dir, source="local", eval_limit=samples
-    )
-    datamodule.setup("validate")
+    datamodule = sst2_dev(tokenizer, glue_dir, samples)
     datamodule.eval_batch_size = 1
     loader = datamodule.val_dataloader()[0]
     with_class_mean_prototypes(model, loader)
-    return [{k: b[k] for k in ENCODER_INPUTS if k in b} for b in loader]
+    return encoder_inputs(loader)
 
 
 def step_costs(model, tokenizer, batches, rules: list[str], repeats: int) -> dict[str, dict[str, float]]:
@@ -136,9 +138,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     tokenizer = load_tokenizer("minilm", path=args.model_dir)
-    encoder = load_encoder("minilm", path=args.model_dir)
-    model = MultiExitModel(EncoderBackbone(encoder), GLUE_TASKS["sst2"].num_outputs, pooling="cls", prototypes={})
-    batches = sst2_one_at_a_time(model.eval(), tokenizer, args.glue_dir, args.samples)
+    model = sst2_timing_model(load_encoder("minilm", path=args.model_dir))
+    batches = sst2_one_at_a_time(model, tokenizer, args.glue_dir, args.samples)
     costs = step_costs(model, tokenizer, batches, list(RULES_TIMED), args.repeats)
     print("\n## Where batch-1 early exit spends its time, step by step (MiniLM)\n")
     command = f"--samples {args.samples} --repeats {args.repeats} --threads {args.threads}"

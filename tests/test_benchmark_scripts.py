@@ -7,12 +7,10 @@ import argparse
 import pytest
 
 import de3.predictor
-from benchmarks.early_exit_latency import RULES_TIMED, TARGETS, bench_model
+from benchmarks.early_exit_latency import RULES_TIMED, TARGETS, bench_model, sst2_timing_model
 from benchmarks.exit_step_cost import STEPS, sst2_one_at_a_time, step_costs, table
-from de3.data.tasks import GLUE_TASKS
-from de3.models.backbone import EncoderBackbone, load_encoder, load_tokenizer
+from de3.models.backbone import load_encoder, load_tokenizer
 from de3.models.exit_rules import layer_indicator
-from de3.models.multi_exit import MultiExitModel
 
 
 def tiny_encoder():
@@ -44,8 +42,8 @@ def test_latency_benchmark_times_full_depth_every_rule_and_the_reference(glue_di
 
 def test_step_costs_split_each_rules_pass_into_its_steps_and_put_the_functions_back(glue_dir):
     tokenizer, encoder = tiny_encoder()
-    model = MultiExitModel(EncoderBackbone(encoder), GLUE_TASKS["sst2"].num_outputs, pooling="cls", prototypes={})
-    batches = sst2_one_at_a_time(model.eval(), tokenizer, str(glue_dir), samples=6)
+    model = sst2_timing_model(encoder)
+    batches = sst2_one_at_a_time(model, tokenizer, str(glue_dir), samples=6)
     costs = step_costs(model, tokenizer, batches, list(RULES_TIMED), repeats=1)
     for rule, cost in costs.items():
         assert cost["backbone layers"] > 0 and cost["exit heads"] > 0 and cost["rule indicator"] > 0
