@@ -15,7 +15,6 @@ from typing import Any
 
 from huggingface_hub import constants, try_to_load_from_cache
 
-from de3.data.sources import local_path
 from de3.data.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -70,7 +69,7 @@ def missing_hub_inputs(
     mode is then switched on (`hub_unreachable`)."""
     path = None if backbone.get("random_init") else backbone.get("path")
     model_remote = path is not None and not looks_like_path(path) and not os.path.isdir(os.path.expanduser(path))
-    files = [local_path(task, split, data_dir) for split in splits if split not in task.local.held_out]
+    files = [task.local.file_path(split, data_dir) for split in splits if split not in task.local.held_out]
     absent = [str(f) for f in files if source == "hub" or not f.is_file()]
     data_remote = bool(absent) and source != "local" and task.hub is not None
     if not (model_remote or data_remote):

@@ -1,10 +1,14 @@
-"""An unreachable Hugging Face hub is known at once, and a run names everything it is missing."""
+"""An unreachable Hugging Face hub is known at once, and a run names everything it is missing;
+de3's modules import each other without a cycle."""
 
+import ast
 import socket
+from pathlib import Path
 
 import pytest
 from huggingface_hub import constants
 
+import de3
 from de3 import hub
 from de3.data.tasks import task_from_config
 from de3.errors import De3Error
@@ -63,3 +67,43 @@ def test_train_without_hub_fails_at_once_naming_model_and_data(online, tmp_path)
     assert message.startswith("2 input(s) missing")
     assert "model 'roberta-base'" in message and "backbone.path=DIR" in message
     assert "data of task 'mnli'" in message and "MNLI/train.tsv" in message and "data.data_dir=DIR" in message
+
+
+def de3_import_graph() -> dict[str, set[str]]:
+    """Each de3 module → the de3 modules it imports anywhere in its code (an import deferred into
+    a function hides a cycle, it does not remove it)."""
+    root = Path(de3.__file__).parent
+    paths = {
+        ".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in root.rglob("*.py")
+    }
+    graph = {}
+    for name, path in paths.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+        graph[name] = {module for module in imported if module in paths and module != name}
+    return graph
+
+
+def import_path(graph: dict[str, set[str]], start: str, goal: str) -> list[str] | None:
+    """The modules along one chain of imports from `start` to `goal` (depth first), or None."""
+    stack, seen = [[start]], {start}
+    while stack:
+        chain = stack.pop()
+        if chain[-1] == goal:
+            return chain
+        for module in sorted(graph[chain[-1]] - seen):
+            seen.add(module)
+            stack.append([*chain, module])
+    return None
+
+
+def test_de3_modules_import_each_other_without_a_cycle():
+    graph = de3_import_graph()
+    assert "de3.data.tasks" in graph["de3.hub"]  # the graph holds the package's imports
+    cycles = [[a, *chain] for a in graph for b in graph[a] if (chain := import_path(graph, b, a))]
+    assert cycles == []

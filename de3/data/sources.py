@@ -10,6 +10,7 @@ from pathlib import Path
 from de3.data.files import Row, read_rows
 from de3.data.tasks import TableLayout, TaskSpec
 from de3.errors import De3Error
+from de3.hub import hub_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +24,6 @@ class Example:
     texts: tuple[str, ...]
     label: int | float | None
     where: str
-
-
-def local_path(task: TaskSpec, split: str, data_dir: str | Path | None) -> Path:
-    """The file that holds `split` of `task` (relative layout paths hang off `data_dir`)."""
-    path = Path(task.local.files[split]).expanduser()
-    if not path.is_absolute() and data_dir is not None:
-        path = Path(data_dir).expanduser() / path
-    return path
 
 
 def _is_blank(value: object) -> bool:
@@ -101,8 +94,6 @@ def _from_rows(task: TaskSpec, split: str, path: Path) -> list[Example]:
 def _from_hub(task: TaskSpec, split: str) -> list[Example]:
     import datasets  # slow to import; only the hub path needs it
 
-    from de3.hub import hub_unreachable  # (it imports this module)
-
     hub_unreachable()  # if so, offline mode: the datasets cache or an error at once, no retries
     hub = task.hub
     try:
@@ -132,7 +123,7 @@ def load_split(task: TaskSpec, split: str, data_dir: str | Path | None, source: 
         raise De3Error(f"data.source must be one of {list(SOURCES)}, got {source!r}")
     if split not in task.local.files:
         raise De3Error(f"task {task.name!r} has no split {split!r}; it has {sorted(task.local.files)}")
-    path = local_path(task, split, data_dir)
+    path = task.local.file_path(split, data_dir)
     if source == "local" or (source == "auto" and path.is_file()):
         if not path.is_file():
             raise De3Error(f"task {task.name!r}, split {split!r}: file not found: {path} (set data.data_dir)")

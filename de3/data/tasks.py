@@ -46,6 +46,13 @@ class TableLayout:
     split_seed: int = 0
     deduplicate: bool = False
 
+    def file_path(self, split: str, data_dir: str | Path | None) -> Path:
+        """The file that holds `split` (a relative path hangs off `data_dir`)."""
+        path = Path(self.files[split]).expanduser()
+        if not path.is_absolute() and data_dir is not None:
+            path = Path(data_dir).expanduser() / path
+        return path
+
 
 @dataclass(frozen=True)
 class HubSource:
