@@ -6,8 +6,8 @@ python -m benchmarks.exit_step_cost >> benchmarks/early_exit_latency.md
 says which step the shortfall is in. Every sample runs every layer (a threshold no indicator goes
 below), so the rules do the same backbone work and differ only in their own steps. The steps are
 timed by wrapping the functions `EarlyExitPredictor.predict_batch` calls — the backbone's layers,
-the exit heads, the prototype mapping and distances (EDR), the rule's indicator — with a clock;
-"the rest" is the loop itself (stacking the history, the exit decision, bookkeeping). Model and
+the exit heads, the prototype mapping and distances (EDR), the rule's step (its indicator) — with
+a clock; "the rest" is the loop itself (the exit decision, bookkeeping). Model and
 inputs as in `early_exit_latency`: MiniLM, untrained exit heads and mappings, class-mean prototypes,
 the first `--samples` SST-2 dev sentences.
 """
@@ -22,11 +22,11 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from unittest.mock import patch
 
 import torch
 
-import de3.predictor
 from benchmarks.early_exit_latency import (
     RULES_TIMED,
     encoder_inputs,
@@ -60,20 +60,22 @@ class StepClock:
 
 
 @contextmanager
-def clock_the_steps(model: MultiExitModel) -> Iterator[StepClock]:
-    """While open, the steps of `predict_batch` on this model (and the indicator function the
-    predictor calls) run under a `StepClock`; the originals are back on exit."""
+def clock_the_steps(model: MultiExitModel, predictors: list[EarlyExitPredictor]) -> Iterator[StepClock]:
+    """While open, the steps of `predict_batch` on this model (and the rule step of each
+    predictor) run under a `StepClock`; the originals are back on exit."""
     clock = StepClock()
-    functions = [  # in STEPS' order
+    functions = [  # in STEPS' order, but the rule's step
         (model.backbone, "layer"),
         (model, "exit_logits"),
         (model.prototypes, "map_layer"),
         (model.prototypes, "layer_distances"),
-        (de3.predictor, "layer_indicator"),
     ]
     with ExitStack() as stack:
-        for step, (owner, name) in zip(STEPS, functions, strict=True):
+        for step, (owner, name) in zip(STEPS, functions):
             stack.enter_context(patch.object(owner, name, clock.wrap(step, getattr(owner, name))))
+        for predictor in predictors:
+            timed_rule = replace(predictor.rule, step=clock.wrap(STEPS[-1], predictor.rule.step))
+            stack.enter_context(patch.object(predictor, "rule", timed_rule))
         yield clock
 
 
@@ -95,7 +97,7 @@ def step_costs(model, tokenizer, batches, rules: list[str], repeats: int) -> dic
     # every timed rule's indicator is ≥ 0 and lets a sample go below the threshold: at 0 none goes
     predictors = {rule: EarlyExitPredictor(model, tokenizer, task, rule, 0.0, RULES_TIMED[rule]) for rule in rules}
     passes: dict[str, list[dict[str, float]]] = {rule: [] for rule in rules}
-    with clock_the_steps(model) as clock:
+    with clock_the_steps(model, list(predictors.values())) as clock:
         for _ in range(repeats):
             for rule, predictor in predictors.items():
                 clock.seconds.clear()

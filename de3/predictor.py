@@ -1,6 +1,10 @@
 """Real early-exit inference: the backbone runs one layer at a time and each sample leaves the
 batch at the first layer where the exit rule lets it go, so later layers run only on the
-samples still undecided. The rules are the same functions the sweep simulates."""
+samples still undecided. The rules take the same steps the sweep simulates.
+
+`EarlyExitPredictor.start` and `advance` expose the layer loop itself (serving advances several
+batches in turn and answers each sample as soon as it leaves); `predict_batch` runs it to the end.
+"""
 
 from __future__ import annotations
 
@@ -17,24 +21,85 @@ from de3.data.sampling import LengthSortedSampler
 from de3.data.tasks import TaskSpec
 from de3.errors import De3Error
 from de3.metrics import predictions
-from de3.models.exit_rules import ExitRule, get_rule, layer_indicator, validate_params, validate_threshold
+from de3.models.encoder_families import LayerInputs
+from de3.models.exit_rules import ExitRule, RuleState, get_rule, validate_params, validate_threshold
 from de3.models.module import MultiExitModule
 from de3.models.multi_exit import MultiExitModel
 from de3.thresholds import ExitSetting, resolve_exit_setting
 
 log = logging.getLogger(__name__)
 
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`auto` → CUDA when present, else the CPU; any other name as torch reads it, checked."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise De3Error(f"device {device!r}: {err}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise De3Error(f"device {device!r}: CUDA is not available here (use auto or cpu)")
+    return resolved
+
+
+def resolve_precision(precision: str) -> torch.dtype:
+    """fp32 | bf16 | fp16 → the dtype the model runs in."""
+    if precision not in PRECISIONS:
+        raise De3Error(f"precision {precision!r}: choose from {sorted(PRECISIONS)}")
+    return PRECISIONS[precision]
+
 
 @dataclass
 class ExitPrediction:
     """Per sample: `exit_layer` [N] (1-based), `logits` [N, C] of the exit that answered,
     `prediction` [N] (class id, or the value for regression), `probability` [N] of that class
-    (None for regression)."""
+    (None for regression). On the CPU."""
 
     exit_layer: torch.Tensor
     logits: torch.Tensor
     prediction: torch.Tensor
     probability: torch.Tensor | None
+
+
+@dataclass
+class ExitedSamples:
+    """The samples that left a `LayerwiseBatch` at one layer: their `positions` [k] in the batch
+    given to `start`, the 1-based `exit_layer` they left at, the answering exit's `logits` [k, C]
+    (float32), `prediction` [k] and `probability` [k] (None for regression). On the model's device."""
+
+    positions: torch.Tensor
+    exit_layer: int
+    logits: torch.Tensor
+    prediction: torch.Tensor
+    probability: torch.Tensor | None
+
+
+@dataclass
+class LayerwiseBatch:
+    """A batch on its way through the layers: the samples still running (`positions` [n] in the
+    batch given to `start`), their hidden states [n, T, H], padding mask [n, T], what the layers
+    take besides (`layer_inputs`), the rule's running state, and the next layer to run (0-based)."""
+
+    positions: torch.Tensor
+    hidden: torch.Tensor
+    attention_mask: torch.Tensor
+    layer_inputs: LayerInputs
+    state: RuleState
+    layer: int = 0
+
+    @property
+    def finished(self) -> bool:
+        """No sample is left running."""
+        return self.positions.shape[0] == 0
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only the samples at `rows` (indices into the running samples)."""
+        self.positions, self.hidden = self.positions[rows], self.hidden[rows]
+        self.attention_mask, self.layer_inputs = self.attention_mask[rows], self.layer_inputs.select(rows)
+        self.state = tuple(part[rows] for part in self.state)
 
 
 class EarlyExitPredictor:
@@ -43,6 +108,8 @@ class EarlyExitPredictor:
     `predict(texts)` takes strings (or pairs of strings for pair tasks) and returns an
     `ExitPrediction`; `predict_batch` does the same for a tokenized batch. Build it with
     `from_run` to deploy a trained run: its checkpoint, with each threshold's own parameters.
+    The model is moved to `device` (`auto`: CUDA when present) and cast to `precision` (fp32,
+    bf16, fp16); a threshold keeps its speed-up only in the precision its sweep ran in.
     """
 
     def __init__(
@@ -55,8 +122,12 @@ class EarlyExitPredictor:
         params: Mapping[str, Any] | None = None,
         max_seq_length: int = 128,
         batch_size: int = 32,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
     ) -> None:
-        self.model = model.eval()
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.model = model.to(device=self.device, dtype=resolve_precision(precision)).eval()
         self.tokenizer = tokenizer
         self.task = task
         self.rule: ExitRule = get_rule(rule)
@@ -117,46 +188,75 @@ class EarlyExitPredictor:
         return cls.from_setting(setting, **kwargs)
 
     @torch.inference_mode()
+    def start(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> LayerwiseBatch:
+        """A tokenized batch [B, T], embedded on the model's device, ready for `advance`."""
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        if token_type_ids is not None:
+            token_type_ids = token_type_ids.to(self.device)
+        backbone = self.model.backbone
+        hidden = backbone.embed(input_ids, attention_mask, token_type_ids)
+        positions = torch.arange(input_ids.shape[0], device=self.device)
+        return LayerwiseBatch(positions, hidden, attention_mask, backbone.layer_inputs(hidden, attention_mask), ())
+
+    @torch.inference_mode()
+    def advance(self, batch: LayerwiseBatch) -> ExitedSamples:
+        """Run the next layer on the samples still running in `batch` and take the rule's step;
+        return the samples that leave here (all of them at the last layer) and drop them from
+        `batch`. One host synchronisation (how many leave); no gathers when nobody does."""
+        model, m = self.model, batch.layer
+        hidden = model.backbone.layer(m, batch.hidden, batch.layer_inputs)
+        logits, pooled = model.exit_logits(m, model.backbone.exit_view(hidden), batch.attention_mask)
+        logits = logits.float()
+        batch.layer += 1
+        if batch.layer == model.num_layers:
+            exited = self._exited(batch.positions, batch.layer, logits)
+            batch.keep(batch.positions[:0])
+            return exited
+        distances = None
+        if self.rule.needs_distances:
+            distances = model.prototypes.layer_distances(m, model.prototypes.map_layer(m, pooled))
+        indicator, state = self.rule.step(logits, distances, batch.state, **self.params)
+        leaving = self.rule.exits(indicator, self.threshold)
+        num_leaving = int(leaving.sum())  # the one host synchronisation of this layer
+        batch.hidden, batch.state = hidden, state
+        if num_leaving == 0:
+            return self._exited(batch.positions[:0], batch.layer, logits[:0])
+        if num_leaving == leaving.shape[0]:
+            exited = self._exited(batch.positions, batch.layer, logits)
+            batch.keep(batch.positions[:0])
+            return exited
+        order = torch.argsort(leaving.to(torch.uint8), stable=True)  # staying first, then leaving
+        staying, left = order[: leaving.shape[0] - num_leaving], order[leaving.shape[0] - num_leaving :]
+        exited = self._exited(batch.positions[left], batch.layer, logits[left])
+        batch.keep(staying)
+        return exited
+
+    def _exited(self, positions: torch.Tensor, exit_layer: int, logits: torch.Tensor) -> ExitedSamples:
+        regression = self.task.is_regression
+        probability = None if regression else torch.softmax(logits, -1).max(-1).values
+        return ExitedSamples(positions, exit_layer, logits, predictions(logits, regression), probability)
+
+    @torch.inference_mode()
     def predict_batch(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
     ) -> ExitPrediction:
-        backbone, prototypes = self.model.backbone, self.model.prototypes
-        num_layers, batch = self.model.num_layers, input_ids.shape[0]
-        hidden = backbone.embed(input_ids, attention_mask, token_type_ids)
-        layer_inputs = backbone.layer_inputs(hidden, attention_mask)
-        active = torch.arange(batch)  # original positions of the samples still running
-        history: list[torch.Tensor] = []  # per layer run: logits [n_active, C]
-        distances: list[torch.Tensor] = []
-        exit_layer = torch.full((batch,), num_layers, dtype=torch.long)
+        """Every sample of a tokenized batch [B, T] through the layers until it exits."""
+        batch = self.start(input_ids, attention_mask, token_type_ids)
+        size = input_ids.shape[0]
+        exit_layer = torch.empty(size, dtype=torch.long, device=self.device)
         answer_logits: torch.Tensor | None = None
-        for m in range(num_layers):
-            hidden = backbone.layer(m, hidden, layer_inputs)
-            logits, pooled = self.model.exit_logits(m, backbone.exit_view(hidden), attention_mask)
+        while not batch.finished:
+            exited = self.advance(batch)
             if answer_logits is None:
-                answer_logits = logits.new_zeros(batch, logits.shape[-1])
-            if m == num_layers - 1:
-                answer_logits[active] = logits
-                break
-            history.append(logits)
-            if self.rule.needs_distances:
-                distances.append(prototypes.layer_distances(m, prototypes.map_layer(m, pooled)))
-            indicator = layer_indicator(
-                self.rule, torch.stack(history), torch.stack(distances) if distances else None, self.params
-            )
-            leaving = self.rule.exits(indicator, self.threshold)
-            if leaving.any():
-                exit_layer[active[leaving]] = m + 1
-                answer_logits[active[leaving]] = logits[leaving]
-                staying = ~leaving
-                active, hidden, attention_mask = active[staying], hidden[staying], attention_mask[staying]
-                layer_inputs = layer_inputs.select(staying)
-                history = [h[staying] for h in history]
-                distances = [d[staying] for d in distances]
-                if len(active) == 0:
-                    break
+                answer_logits = exited.logits.new_empty(size, exited.logits.shape[-1])
+            exit_layer[exited.positions] = exited.exit_layer
+            answer_logits[exited.positions] = exited.logits
+        answer_logits = answer_logits.cpu()
         regression = self.task.is_regression
-        probability = None if regression else torch.softmax(answer_logits.float(), -1).max(-1).values
-        return ExitPrediction(exit_layer, answer_logits, predictions(answer_logits, regression), probability)
+        probability = None if regression else torch.softmax(answer_logits, -1).max(-1).values
+        return ExitPrediction(exit_layer.cpu(), answer_logits, predictions(answer_logits, regression), probability)
 
     def tokenize(self, texts: Sequence[str | Sequence[str]]) -> list[dict[str, Any]]:
         """Strings (or pairs) → features truncated to `max_seq_length`; empty texts are refused."""

@@ -6,11 +6,9 @@ import argparse
 
 import pytest
 
-import de3.predictor
 from benchmarks.early_exit_latency import RULES_TIMED, TARGETS, bench_model, sst2_timing_model
 from benchmarks.exit_step_cost import STEPS, sst2_one_at_a_time, step_costs, table
 from de3.models.backbone import load_encoder, load_tokenizer
-from de3.models.exit_rules import layer_indicator
 
 
 def tiny_encoder():
@@ -53,6 +51,5 @@ def test_step_costs_split_each_rules_pass_into_its_steps_and_put_the_functions_b
         ) == uses_prototypes
         assert sum(cost[step] for step in STEPS) + cost["the rest"] == pytest.approx(cost["total"])
     assert len(table(costs)) == 2 + len(RULES_TIMED)
-    # the clocks are gone: the predictor calls the library's function, the model its own methods
-    assert de3.predictor.layer_indicator is layer_indicator
+    # the clocks are gone: the model calls its own methods again
     assert "layer" not in vars(model.backbone) and "map_layer" not in vars(model.prototypes)

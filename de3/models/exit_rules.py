@@ -1,10 +1,13 @@
-"""Exit rules as pure tensor functions, shared by the threshold sweep (vectorised over a cache
-of N samples) and by real layer-by-layer early-exit inference.
+"""Exit rules as pure tensor functions, shared by the threshold sweep (over a cache of N
+samples) and by real layer-by-layer early-exit inference.
 
-A rule maps the outputs of the layers seen so far — logits [M, N, C] and, for DR/EDR, prototype
-distances [M, N, C] — to an indicator [M, N] whose row m depends only on rows ≤ m. A sample
-exits at the first internal layer whose indicator passes the threshold (`ExitRule.exits`);
-the last layer always answers.
+A rule is a *step*: from one internal layer's logits [n, C] (and, for DR/EDR, its prototype
+distances [n, C]) and the rule's running state, the indicator of that layer [n] and the new
+state. The state is a tuple of per-sample tensors (sample dimension first; empty before the
+first layer), so the samples that leave are dropped from it by indexing. Real early exit takes
+one step per layer on the samples still running; the sweep takes the same steps over every
+layer of its cache (`rule_indicator`). A sample exits at the first internal layer whose indicator
+passes the threshold (`ExitRule.exits`); the last layer always answers.
 """
 
 from __future__ import annotations
@@ -22,100 +25,104 @@ from de3.errors import De3Error
 from de3.metrics import predictions
 from de3.models.indicators import distance_ratio, edr, normalized_entropy
 
-Indicator = Callable[..., torch.Tensor]
+RuleState = tuple[torch.Tensor, ...]
+# step(logits [n, C], distances [n, C] | None, state, **params) -> (indicator [n], new state)
+RuleStep = Callable[..., tuple[torch.Tensor, RuleState]]
 # The types of the rules' parameters: what `validate_params` checks before any model runs.
 Count = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
-def _max_probability_gap(logits: torch.Tensor) -> torch.Tensor:
-    return 1.0 - torch.softmax(logits.float(), -1).max(-1).values
-
-
-def _window_max(values: torch.Tensor, window: int) -> torch.Tensor:
-    """Row m: max of rows m−window+1..m; ∞ for rows with fewer than `window` predecessors-and-self."""
-    stacked = torch.stack([values.roll(shift, 0) for shift in range(window)])
-    result = stacked.max(0).values
-    result[: window - 1] = float("inf")
-    return result
-
-
-def _agreement_run(agree: torch.Tensor) -> torch.Tensor:
-    """[M, N] bool (row m: layer m agrees with layer m−1; row 0 ignored) → consecutive count."""
-    counts = torch.zeros(agree.shape, dtype=torch.float32)
-    for m in range(1, agree.shape[0]):
-        counts[m] = torch.where(agree[m], counts[m - 1] + 1, 0.0)
-    return counts
-
-
-def entropy_indicator(logits: torch.Tensor, distances: torch.Tensor | None = None) -> torch.Tensor:
+def entropy_step(
+    logits: torch.Tensor, distances: torch.Tensor | None, state: RuleState
+) -> tuple[torch.Tensor, RuleState]:
     """DeeBERT: the entropy of the exit's distribution divided by log C, in [0, 1].
 
     DeeBERT's threshold S is an entropy in nats (its scripts sweep S ∈ [0, 0.7]); the same
     exits here take the threshold τ = S / ln C (S = 0.4 on a 2-class task: τ = 0.577)."""
-    return normalized_entropy(logits)
+    return normalized_entropy(logits), state
 
 
-def max_probability_indicator(logits: torch.Tensor, distances: torch.Tensor | None = None) -> torch.Tensor:
+def max_probability_step(
+    logits: torch.Tensor, distances: torch.Tensor | None, state: RuleState
+) -> tuple[torch.Tensor, RuleState]:
     """1 − the largest class probability."""
-    return _max_probability_gap(logits)
+    return 1.0 - torch.softmax(logits.float(), -1).max(-1).values, state
 
 
-def dr_indicator(logits: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
+def dr_step(logits: torch.Tensor, distances: torch.Tensor, state: RuleState) -> tuple[torch.Tensor, RuleState]:
     """DE³'s distance ratio to the predicted class's prototype versus the nearest other (1 where
     the prototypes cannot tell: a class never seen in training has none)."""
-    return distance_ratio(distances, logits.argmax(-1))
+    return distance_ratio(distances, logits.argmax(-1)), state
 
 
-def edr_indicator(logits: torch.Tensor, distances: torch.Tensor, lam: NonNegative = 1.0) -> torch.Tensor:
+def edr_step(
+    logits: torch.Tensor, distances: torch.Tensor, state: RuleState, lam: NonNegative = 1.0
+) -> tuple[torch.Tensor, RuleState]:
     """DE³-BERT: weighted harmonic mean of entropy and DR (never below the entropy where DR
     is 1 because a class has no prototype)."""
-    return edr(normalized_entropy(logits), distance_ratio(distances, logits.argmax(-1)), lam)
+    return edr(normalized_entropy(logits), distance_ratio(distances, logits.argmax(-1)), lam), state
 
 
-def pcee_indicator(logits: torch.Tensor, distances: torch.Tensor | None = None, patience: Count = 2) -> torch.Tensor:
-    """PCEE-BERT: the largest entropy over the last `patience` layers (all must be below τ)."""
-    return _window_max(normalized_entropy(logits), patience)
+def pcee_step(
+    logits: torch.Tensor, distances: torch.Tensor | None, state: RuleState, patience: Count = 2
+) -> tuple[torch.Tensor, RuleState]:
+    """PCEE-BERT: the largest entropy over the last `patience` layers (all must be below τ; ∞
+    until `patience` layers have run). State: the last `patience` − 1 entropies [n, k]."""
+    entropy = normalized_entropy(logits).unsqueeze(1)  # [n, 1]
+    recent = torch.cat([state[0], entropy], 1) if state else entropy  # [n, k ≤ patience]
+    if recent.shape[1] < patience:
+        return torch.full_like(entropy[:, 0], float("inf")), (recent,)
+    return recent.max(1).values, (recent[:, 1:],)
 
 
-def patience_count(logits: torch.Tensor, distances: torch.Tensor | None = None, delta: Positive = 0.1) -> torch.Tensor:
+def patience_step(
+    logits: torch.Tensor, distances: torch.Tensor | None, state: RuleState, delta: Positive = 0.1
+) -> tuple[torch.Tensor, RuleState]:
     """PABEE: how many consecutive earlier layers agree with this one — the same argmax, or for
-    regression (one output) a change smaller than `delta`."""
-    if logits.shape[-1] == 1:
-        values = logits[..., 0].float()
-        agree = torch.cat([torch.zeros_like(values[:1], dtype=torch.bool), (values[1:] - values[:-1]).abs() < delta])
-    else:
-        classes = logits.argmax(-1)
-        agree = torch.cat([torch.zeros_like(classes[:1], dtype=torch.bool), classes[1:] == classes[:-1]])
-    return _agreement_run(agree)
+    regression (one output) a change smaller than `delta`. State: (previous answer, count)."""
+    regression = logits.shape[-1] == 1
+    answer = logits[:, 0].float() if regression else logits.argmax(-1)
+    if not state:
+        count = torch.zeros(answer.shape, dtype=torch.float32, device=answer.device)
+        return count, (answer, count)
+    previous, count = state
+    agree = (answer - previous).abs() < delta if regression else answer == previous
+    count = torch.where(agree, count + 1, 0.0)
+    return count, (answer, count)
 
 
-def dge_indicator(
+def _kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    return (p * (p.log() - q.log())).sum(-1)
+
+
+def dge_step(
     logits: torch.Tensor,
-    distances: torch.Tensor | None = None,
+    distances: torch.Tensor | None,
+    state: RuleState,
     divergence: Literal["kl", "js"] = "js",
     window: Count = 1,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, RuleState]:
     """BADGE's DGE: divergence between this exit's distribution and the mean of the previous
-    `window` exits' distributions (KL(p‖r) or JS); ∞ at the first layer."""
-    probs = torch.softmax(logits.float(), -1).clamp(min=1e-12)
-    cumulative = torch.cat([torch.zeros_like(probs[:1]), probs.cumsum(0)])  # [M+1, N, C]
-    index = torch.arange(probs.shape[0])
-    start = (index - window).clamp(min=0)
-    count = (index - start).clamp(min=1).to(probs.dtype)
-    reference = ((cumulative[index] - cumulative[start]) / count[:, None, None]).clamp(min=1e-12)
+    `window` exits' distributions (KL(p‖r) or JS); ∞ at the first layer.
 
-    def kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        return (p * (p.log() - q.log())).sum(-1)
-
+    The mean is a difference of running sums, kept as a cumulative sum is (accumulated in
+    float64, read in float32), so every threshold chosen before this rule took steps keeps its
+    decisions bit for bit. State: the running sum [n, C] and its last `window` readings [n, k, C]."""
+    probs = torch.softmax(logits.float(), -1).clamp(min=1e-12)  # [n, C]
+    if not state:
+        values = torch.full_like(probs[:, 0], float("inf"))
+        return values, (probs.double(), torch.zeros_like(probs).unsqueeze(1))
+    total, readings = state
+    reading = total.float()  # the sum of every earlier layer's distribution
+    reference = ((reading - readings[:, 0]) / readings.shape[1]).clamp(min=1e-12)
     if divergence == "kl":
-        values = kl(probs, reference)
+        values = _kl(probs, reference)
     else:
         middle = 0.5 * (probs + reference)
-        values = 0.5 * kl(probs, middle) + 0.5 * kl(reference, middle)
-    values[0] = float("inf")
-    return values
+        values = 0.5 * _kl(probs, middle) + 0.5 * _kl(reference, middle)
+    return values, (total + probs, torch.cat([readings, reading.unsqueeze(1)], 1)[:, -window:])
 
 
 @dataclass(frozen=True)
@@ -127,7 +134,7 @@ class ExitRule:
     """
 
     name: str
-    indicator: Indicator
+    step: RuleStep
     needs_distances: bool = False
     classification: bool = True
     regression: bool = False
@@ -145,13 +152,13 @@ class ExitRule:
 RULES: dict[str, ExitRule] = {
     rule.name: rule
     for rule in (
-        ExitRule("entropy", entropy_indicator),
-        ExitRule("maxprob", max_probability_indicator),
-        ExitRule("patience", patience_count, regression=True, counts=True),
-        ExitRule("pcee", pcee_indicator),
-        ExitRule("dr", dr_indicator, needs_distances=True),
-        ExitRule("edr", edr_indicator, needs_distances=True),
-        ExitRule("dge", dge_indicator),
+        ExitRule("entropy", entropy_step),
+        ExitRule("maxprob", max_probability_step),
+        ExitRule("patience", patience_step, regression=True, counts=True),
+        ExitRule("pcee", pcee_step),
+        ExitRule("dr", dr_step, needs_distances=True),
+        ExitRule("edr", edr_step, needs_distances=True),
+        ExitRule("dge", dge_step),
     )
 }
 
@@ -164,13 +171,13 @@ def get_rule(name: str) -> ExitRule:
 
 
 @functools.cache
-def _params_model(indicator: Indicator) -> type[BaseModel]:
-    """The indicator's own parameters (those after logits and distances) as a pydantic model:
+def _params_model(step: RuleStep) -> type[BaseModel]:
+    """The step's own parameters (those after logits, distances and state) as a pydantic model:
     their types and bounds are the annotations of its signature, their defaults its defaults."""
-    hints = get_type_hints(indicator, include_extras=True)
-    own = list(inspect.signature(indicator).parameters.values())[2:]
+    hints = get_type_hints(step, include_extras=True)
+    own = list(inspect.signature(step).parameters.values())[3:]
     fields: dict[str, Any] = {p.name: (hints[p.name], p.default) for p in own}
-    return create_model(indicator.__name__, __config__=ConfigDict(extra="forbid"), **fields)
+    return create_model(step.__name__, __config__=ConfigDict(extra="forbid"), **fields)
 
 
 def _one_line(error: ValidationError, where: str, known: list[str]) -> str:
@@ -187,7 +194,7 @@ def _one_line(error: ValidationError, where: str, known: list[str]) -> str:
 def validate_params(rule: ExitRule, params: Mapping[str, Any] | None) -> dict[str, Any]:
     """The rule's parameters checked and completed with its defaults (counts are integers ≥ 1,
     λ ≥ 0, δ > 0, divergence kl or js), or a one-line De3Error naming `exit.params.<rule>.<key>`."""
-    model = _params_model(rule.indicator)
+    model = _params_model(rule.step)
     try:
         return model(**dict(params or {})).model_dump()
     except ValidationError as err:
@@ -224,29 +231,26 @@ def validate_exit_config(exit_config: Mapping[str, Any]) -> None:
             raise De3Error(_one_line(err, "exit.target_speedup", [])) from None
 
 
-def _indicator(
-    rule: ExitRule, logits: torch.Tensor, distances: torch.Tensor | None, params: Mapping[str, Any]
-) -> torch.Tensor:
+def check_distances(rule: ExitRule, distances: torch.Tensor | None) -> None:
+    """A one-line De3Error if `rule` needs prototype distances and there are none."""
     if rule.needs_distances and distances is None:
         raise De3Error(f"exit rule {rule.name!r} needs prototype distances: train with loss=de3")
-    args = (logits, distances[: logits.shape[0]]) if rule.needs_distances else (logits,)
-    return rule.indicator(*args, **validate_params(rule, params))
 
 
 def rule_indicator(
     rule: ExitRule, logits: torch.Tensor, distances: torch.Tensor | None, params: Mapping[str, Any]
 ) -> torch.Tensor:
-    """The rule's indicator for the internal layers: logits [L, N, C] (the last layer's row is
-    ignored) → [L−1, N]. `params` are the rule's own parameters (λ, patience, window...)."""
-    return _indicator(rule, logits[:-1], distances, params)
-
-
-def layer_indicator(
-    rule: ExitRule, logits_so_far: torch.Tensor, distances_so_far: torch.Tensor | None, params: Mapping[str, Any]
-) -> torch.Tensor:
-    """The indicator at the newest layer, from the layers run so far: logits [m+1, n, C] (and
-    distances [m+1, n, C]) → [n]. Equal to row m of `rule_indicator` since rules are causal."""
-    return _indicator(rule, logits_so_far, distances_so_far, params)[-1]
+    """The rule's indicator for the internal layers, by the steps real early exit takes: logits
+    [L, N, C] (the last layer's row is ignored) and distances [L−1, N, C] → [L−1, N]. `params`
+    are the rule's own parameters (λ, patience, window...)."""
+    check_distances(rule, distances)
+    params = validate_params(rule, params)
+    state: RuleState = ()
+    rows = []
+    for m in range(logits.shape[0] - 1):
+        row, state = rule.step(logits[m], distances[m] if rule.needs_distances else None, state, **params)
+        rows.append(row)
+    return torch.stack(rows)
 
 
 def first_exit(exits: torch.Tensor) -> torch.Tensor:
