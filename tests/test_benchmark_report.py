@@ -8,9 +8,15 @@ import subprocess
 
 import pytest
 
-from benchmarks.glue_tradeoff import report as report_module
 from benchmarks.glue_tradeoff import run as driver
-from benchmarks.glue_tradeoff.report import TARGETS, load_runs, load_sensitivity, report
+from benchmarks.glue_tradeoff.cells import TARGETS
+from benchmarks.glue_tradeoff.findings import FINDINGS, findings_lines, numbers_not_in_tables, stale_findings
+from benchmarks.glue_tradeoff.header import code_line
+from benchmarks.glue_tradeoff.kept_runs import chosen_epoch, load_runs, load_sensitivity, load_tuning
+from benchmarks.glue_tradeoff.paired import PAST_TARGETS, compute_matched_section, paired_gap, past_the_targets_section
+from benchmarks.glue_tradeoff.readme import README_BEGIN, README_END, readme_with_tables
+from benchmarks.glue_tradeoff.report import HERE, report
+from benchmarks.glue_tradeoff.tuning import tuning_section
 from de3.errors import De3Error
 from de3.exit_cache import load_exit_caches
 from de3.flops import layer_speedup
@@ -40,9 +46,10 @@ def test_report_tables_from_kept_run_outputs(tiny_config, glue_dir, tmp_path, mo
     ]
     shutil.copytree(kept / "rte" / "de3" / "seed42", kept / "sensitivity" / "rte" / "loss.alpha=0.3" / "seed42")
     shutil.copytree(kept / "rte" / "de3" / "seed42", kept / "rte" / "de3-matched" / "seed42")
-    monkeypatch.setattr(report_module, "MATCHED_TASKS", ("rte",))
-    monkeypatch.setattr(report_module, "TUNED", tmp_path / "tuned.json")  # not tuned (the repository's is)
-    monkeypatch.setattr(report_module, "FINDINGS", tmp_path / "findings.md")  # the tables alone
+    monkeypatch.setattr("benchmarks.glue_tradeoff.paired.MATCHED_TASKS", ("rte",))
+    # not tuned (the repository's is), and the tables alone
+    monkeypatch.setattr("benchmarks.glue_tradeoff.tuning.TUNED", tmp_path / "tuned.json")
+    monkeypatch.setattr("benchmarks.glue_tradeoff.findings.FINDINGS", tmp_path / "findings.md")
 
     runs = load_runs(kept)
     assert sorted((r.task, r.method, r.seed, r.rule, r.chosen_on) for r in runs) == [
@@ -119,28 +126,28 @@ def test_report_tables_from_kept_run_outputs(tiny_config, glue_dir, tmp_path, mo
     assert variant_row.split(" | ")[3] == f"{100 * frontier_area(edr_calibration, max(TARGETS)):.1f} (1)"
     matched = text.split("## Compute-matched control")[1].split("\n## ")[0]
     checkpoint = json.loads((kept / "rte" / "de3" / "seed42" / "results.json").read_text())["checkpoint"]
-    epoch = report_module.chosen_epoch(checkpoint) or "—"
+    epoch = chosen_epoch(checkpoint) or "—"
     assert f"| de3-matched | {2 * driver.EPOCHS} | {epoch} | {de3_row.split(' | ')[2]} |" in matched  # de3's copy
     paired = {line.split(" | ")[0]: line.split(" | ")[1:] for line in matched.splitlines() if " − " in line}
     same = ["+0.0 (0/1)" if r is not None else "not reached" for r in map(de3_run.calibrated_at, TARGETS)]
     assert paired["| de3-matched − de3"] == ["+0.0 (0/1)", *same[:-1], same[-1] + " |"]  # a copy of de3
     assert paired["| de3-matched − deebert"] == ["—", "—", "—", "— |"]  # no two-stage run here
-    assert report_module.paired_gap({42: 0.8, 43: 0.7}, {42: 0.75, 43: 0.72, 44: 0.9}) == "+1.5 ± 4.9 (1/2)"
-    assert report_module.paired_gap({42: None}, {42: 0.7}) == "not reached"
-    assert report_module.paired_gap({42: 0.7, 43: 0.7}, {42: 0.7004, 43: 0.7}) == "+0.0 ± 0.0 (0/2)"
-    assert report_module.chosen_epoch("ckpts/epoch01-step208.ckpt") == 2  # Lightning counts from 0
-    assert report_module.chosen_epoch("ckpts/epoch00-step104.ckpt", epochs_before=3) == 4  # after a stage 1
+    assert paired_gap({42: 0.8, 43: 0.7}, {42: 0.75, 43: 0.72, 44: 0.9}) == "+1.5 ± 4.9 (1/2)"
+    assert paired_gap({42: None}, {42: 0.7}) == "not reached"
+    assert paired_gap({42: 0.7, 43: 0.7}, {42: 0.7004, 43: 0.7}) == "+0.0 ± 0.0 (0/2)"
+    assert chosen_epoch("ckpts/epoch01-step208.ckpt") == 2  # Lightning counts from 0
+    assert chosen_epoch("ckpts/epoch00-step104.ckpt", epochs_before=3) == 4  # after a stage 1
     # a seed the matched runs lack stays out of the control's rows
     other_seed = dataclasses.replace(de3_run, seed=43, full_depth=0.123)
     by_task = {
         "rte": {"de3": [de3_run, other_seed], "de3-matched": [dataclasses.replace(de3_run, method="de3-matched")]}
     }
-    partial = "\n".join(report_module._compute_matched(by_task, ["rte"]))
+    partial = "\n".join(compute_matched_section(by_task, ["rte"]))
     assert (
         "### rte (seed 42)" in partial and f"| de3 | {driver.EPOCHS} | {epoch} | {de3_row.split(' | ')[2]} |" in partial
     )
     by_task["rte"]["de3-matched"].append(dataclasses.replace(other_seed, method="de3-matched"))
-    assert "### rte (seeds 42, 43)" in "\n".join(report_module._compute_matched(by_task, ["rte"]))
+    assert "### rte (seeds 42, 43)" in "\n".join(compute_matched_section(by_task, ["rte"]))
     # past the fixed targets: the same two runs with every speed-up doubled, so that 4× and 5× are in reach
     past_runs = {
         r.method: dataclasses.replace(
@@ -153,9 +160,9 @@ def test_report_tables_from_kept_run_outputs(tiny_config, glue_dir, tmp_path, mo
         for r in runs
         if r.method in ("de3", "pabee")
     }
-    past = "\n".join(report_module._past_the_targets({"rte": {m: [r] for m, r in past_runs.items()}}, ["rte"]))
+    past = "\n".join(past_the_targets_section({"rte": {m: [r] for m, r in past_runs.items()}}, ["rte"]))
     assert "(exploratory)" in past.splitlines()[0]
-    for target in report_module.PAST_TARGETS:
+    for target in PAST_TARGETS:
         block = past.split(f"### {target}× speed-up, calibrated")[1].split("###")[0]
         de3_reading, pabee_reading = (past_runs[m].calibrated_at(target) for m in ("de3", "pabee"))
         assert de3_reading is not None  # 3 layers, doubled: its fastest threshold is at 6×
@@ -172,25 +179,25 @@ def test_report_tables_from_kept_run_outputs(tiny_config, glue_dir, tmp_path, mo
     (tmp_path / "tuned.json").write_text(
         json.dumps({"task": "rte", "seed": 42, "criterion": "area", "tried": tried, "picked": {"de3": configs[-1]}})
     )
-    monkeypatch.setattr(report_module, "TUNING_TASK", "rte")
-    tuning = report_module.load_tuning(kept)
+    monkeypatch.setattr("benchmarks.glue_tradeoff.kept_runs.TUNING_TASK", "rte")
+    tuning = load_tuning(kept)
     assert sorted(tuning) == sorted(("de3", c) for c in configs)
-    tuning_text = "\n".join(report_module._tuning(tuning))
+    tuning_text = "\n".join(tuning_section(tuning))
     upto = de3_run.fastest()
     dev_cell = f"{100 * de3_run.full_depth:.1f} / {100 * frontier_area(de3_run.points(), upto):.1f}"
     assert f"area 1–{upto:.2f}×" in tuning_text
     assert "| de3 | " + " | ".join([dev_cell] * len(configs)) + " |" in tuning_text
     assert "| de3 | 50.00 | 60.00 | 70.00 | model.optimizer.lr=0.0002 |" in tuning_text
     # README's tables are RESULTS.md's, replaced between the markers and nowhere else
-    readme = f"# de3\n{report_module.README_BEGIN}\nold table\n{report_module.README_END}\nafter\n"
-    updated = report_module.readme_with_tables(readme, text)
-    assert updated.startswith(f"# de3\n{report_module.README_BEGIN}\n") and updated.endswith("\nafter\n")
+    readme = f"# de3\n{README_BEGIN}\nold table\n{README_END}\nafter\n"
+    updated = readme_with_tables(readme, text)
+    assert updated.startswith(f"# de3\n{README_BEGIN}\n") and updated.endswith("\nafter\n")
     assert "old table" not in updated
     calibrated_2x = text.split("## All methods at 2.0× speed-up, calibrated\n\n")[1].split("\n\n")[0]
     assert calibrated_2x.startswith("| method |") and calibrated_2x in updated
-    assert report_module.readme_with_tables(updated, text) == updated
+    assert readme_with_tables(updated, text) == updated
     with pytest.raises(De3Error, match="no .* block"):
-        report_module.readme_with_tables("# de3\n", text)
+        readme_with_tables("# de3\n", text)
 
 
 def test_driver_sweeps_a_shared_training_instead_of_retraining(glue_dir, tmp_path, monkeypatch):
@@ -338,28 +345,34 @@ def test_report_says_whether_the_training_code_changed_between_the_runs_commits(
     first = commit_file("de3/model.py", "v1")
     benchmark_only = commit_file("benchmarks/glue_tradeoff/report.py", "v1")
     retrained = commit_file("de3/model.py", "v2")
-    assert report_module.code_line([benchmark_only, first]) == (
+    assert code_line([benchmark_only, first]) == (
         f"git {first[:12]}, {benchmark_only[:12]} (de3, conf, run.py identical at all of them: "
         "only the benchmark's own files changed)"
     )
-    assert report_module.code_line([first, benchmark_only, retrained]).endswith(
+    assert code_line([first, benchmark_only, retrained]).endswith(
         f"differ from {first[:12]} at {retrained[:12]}; `git diff` them)"
     )
-    assert report_module.code_line([first, "unknown"]) == f"git {first[:12]}, unknown"  # nothing to compare
-    uncommitted = report_module.code_line([f"{first}-dirty", benchmark_only])
+    assert code_line([first, "unknown"]) == f"git {first[:12]}, unknown"  # nothing to compare
+    uncommitted = code_line([f"{first}-dirty", benchmark_only])
     assert uncommitted.startswith(f"git {first[:12]}-dirty, {benchmark_only[:12]} (")
     assert "identical at all of them" in uncommitted and "1 of the commits -dirty" in uncommitted
-    many = report_module.code_line([retrained, first, benchmark_only], listed=2)
+    many = code_line([retrained, first, benchmark_only], listed=2)
     assert many.startswith(f"git 3 commits from {first[:12]} to {retrained[:12]}, each run's in its results.json (")
 
 
-def test_every_number_the_committed_findings_quote_is_in_a_table():
-    findings = report_module.FINDINGS.read_text()
-    results = (report_module.HERE / "RESULTS.md").read_text()
+def test_every_number_the_committed_findings_quote_is_in_a_table(tmp_path, monkeypatch):
+    findings = FINDINGS.read_text()
+    results = (HERE / "RESULTS.md").read_text()
     assert findings.strip() in results  # RESULTS.md was generated with this reading above its tables
-    assert report_module.numbers_not_in_tables(findings, results) == []
+    assert numbers_not_in_tables(findings, results) == []
+    assert stale_findings(results) is None
     stale = findings + "\nDE³ reaches 99.97 at 2×."
-    assert report_module.numbers_not_in_tables(stale, results.replace(findings.strip(), stale.strip())) == ["99.97"]
+    assert numbers_not_in_tables(stale, results.replace(findings.strip(), stale.strip())) == ["99.97"]
+    monkeypatch.setattr("benchmarks.glue_tradeoff.findings.FINDINGS", tmp_path / "findings.md")
+    assert findings_lines() == [] and stale_findings(results) is None  # no reading: the tables alone
+    (tmp_path / "findings.md").write_text(stale)
+    assert findings_lines() == [stale.strip(), ""]
+    assert stale_findings(results) == "findings.md quotes numbers no table has (stale, or beyond the tables): 99.97"
 
 
 def test_ablation_overrides_are_what_hydra_reads(tmp_path):
