@@ -1,5 +1,6 @@
 """Every supported encoder family, through its tiny random config (`backbone=tiny_<family>`):
-exact parity with Hugging Face's forward, real early exit equal to the simulated sweep, a
+every layer equal to Hugging Face's own forward (perturbed weights, a padded batch, each
+family's own parts switched on), real early exit equal to the simulated sweep, a
 `loss=de3` run that writes its sweep, a checkpoint that reloads and predicts; and the public
 configs' clear error where their weights cannot be had."""
 
@@ -27,21 +28,63 @@ def backbone_config(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "backbone" / f"{name}.yaml"))
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", *FAMILIES])
-def test_last_layer_equals_hf_forward_with_padding(family):
-    torch.manual_seed(0)
+# What each family's tiny parity model adds to its `backbone=tiny_<family>` config, so that the
+# family's own parts run: ALBERT two layer groups of two inner layers each (layer m must pick its
+# group), DeBERTa a first-layer convolution and log-bucketed relative positions (t > 4).
+PARITY_OVERRIDES = {
+    "albert": {"num_hidden_layers": 4, "num_hidden_groups": 2, "inner_group_num": 2},
+    "deberta": {"conv_kernel_size": 3, "position_buckets": 8},
+}
+
+
+def perturbed_encoder(family: str):
+    """The family's tiny parity encoder (tokenizer, model) with seeded noise on every parameter:
+    freshly initialised LayerNorm biases and padding embeddings are zero, which would hide a
+    dropped mask or a skipped part."""
     config = backbone_config(f"tiny_{family}")
+    config["config_overrides"] |= PARITY_OVERRIDES.get(family, {})
     tokenizer = load_tokenizer(**config)
     encoder = load_encoder(**config, tokenizer=tokenizer).eval()
+    noise = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in encoder.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=noise))
+    return tokenizer, encoder
+
+
+def hf_layer_outputs(encoder, batch) -> list[torch.Tensor]:
+    """Every layer's output by the model's own forward (the last one after the family's final
+    norm, as `last_hidden_state`): ALBERT records each inner layer, so keep each group's last."""
+    output = encoder(**batch, output_hidden_states=True)
+    states = list(output.hidden_states[1:])
+    inner = encoder.config.inner_group_num if encoder.config.model_type == "albert" else 1
+    states = states[inner - 1 :: inner]
+    torch.testing.assert_close(states[-1], output.last_hidden_state, rtol=0, atol=0)
+    return states
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", *FAMILIES])
+def test_every_layer_equals_hf_forward_with_padding(family):
+    tokenizer, encoder = perturbed_encoder(family)
     reference = copy.deepcopy(encoder)
-    texts = ["a short one", "a much longer sentence with padding behind it"], ["pair", "b"]
+    texts = ["a short one", "a much longer sentence with padding behind it", "in between"], ["pair", "b", "c d"]
     batch = tokenizer(*texts, padding=True, return_tensors="pt")
     assert not batch["attention_mask"].all()
+    backbone = EncoderBackbone(encoder)
     with torch.no_grad():
-        expected = reference(**batch).last_hidden_state
-        states = EncoderBackbone(encoder)(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-    assert len(states) == 2
-    torch.testing.assert_close(states[-1], expected, rtol=0, atol=1e-5)
+        expected = hf_layer_outputs(reference, batch)
+        hidden = backbone.embed(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        inputs = backbone.layer_inputs(hidden, batch["attention_mask"])
+        outputs = []
+        for index in range(backbone.num_layers):
+            hidden = backbone.layer(index, hidden, inputs)
+            outputs.append(hidden)
+        exit_views = backbone(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+    assert len(outputs) == len(expected) == backbone.num_layers
+    for ours, theirs in zip([*outputs[:-1], exit_views[-1]], expected):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    for view, output in zip(exit_views, outputs):
+        torch.testing.assert_close(view, backbone.exit_view(output), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("family, has_pooler", [("bert", True), ("albert", True), ("mpnet", True), ("deberta", False)])
