@@ -67,14 +67,23 @@ class ExitPrediction:
 @dataclass
 class ExitedSamples:
     """The samples that left a `LayerwiseBatch` at one layer: their `positions` [k] in the batch
-    given to `start`, the 1-based `exit_layer` they left at, the answering exit's `logits` [k, C]
-    (float32), `prediction` [k] and `probability` [k] (None for regression). On the model's device."""
+    given to `start`, the 1-based `exit_layer` they left at, and the answering exit's `logits`
+    [k, C] (float32, on the model's device). `prediction` and `probability` are computed when read."""
 
     positions: torch.Tensor
     exit_layer: int
     logits: torch.Tensor
-    prediction: torch.Tensor
-    probability: torch.Tensor | None
+    is_regression: bool
+
+    @property
+    def prediction(self) -> torch.Tensor:
+        """[k]: the class id, or the value for regression."""
+        return predictions(self.logits, self.is_regression)
+
+    @property
+    def probability(self) -> torch.Tensor | None:
+        """[k]: the probability of the predicted class (None for regression)."""
+        return None if self.is_regression else torch.softmax(self.logits, -1).max(-1).values
 
 
 @dataclass
@@ -234,9 +243,7 @@ class EarlyExitPredictor:
         return exited
 
     def _exited(self, positions: torch.Tensor, exit_layer: int, logits: torch.Tensor) -> ExitedSamples:
-        regression = self.task.is_regression
-        probability = None if regression else torch.softmax(logits, -1).max(-1).values
-        return ExitedSamples(positions, exit_layer, logits, predictions(logits, regression), probability)
+        return ExitedSamples(positions, exit_layer, logits, self.task.is_regression)
 
     @torch.inference_mode()
     def predict_batch(

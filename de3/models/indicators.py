@@ -29,13 +29,12 @@ def distance_ratio(distances: torch.Tensor, predicted: torch.Tensor) -> torch.Te
     such sample exit at the first layer whatever its entropy.
     """
     distances = distances.float()
-    r1 = distances.gather(-1, predicted.unsqueeze(-1)).squeeze(-1)
-    others = distances.scatter(-1, predicted.unsqueeze(-1), float("inf"))
-    r2 = others.min(-1).values
-    largest = torch.maximum(r1, r2)
-    ratio = torch.where(largest > 0, (r1 - r2) / largest.clamp(min=torch.finfo(largest.dtype).tiny), 0.0)
-    ratio = torch.where(torch.isinf(r1) | torch.isinf(r2), 1.0, ratio)
-    return 0.5 * (1.0 + ratio)
+    index = predicted.unsqueeze(-1)
+    r1 = distances.gather(-1, index).squeeze(-1)
+    r2 = distances.scatter(-1, index, float("inf")).amin(-1)
+    largest = torch.maximum(r1, r2)  # ∞ exactly when r1 or r2 is; 0 only when both are (then r1 − r2 = 0)
+    ratio = (r1 - r2) / largest.clamp(min=torch.finfo(largest.dtype).tiny)
+    return 0.5 * (1.0 + ratio.masked_fill(torch.isinf(largest), 1.0))
 
 
 def edr(entropy: torch.Tensor, ratio: torch.Tensor, lam: float) -> torch.Tensor:
@@ -46,8 +45,7 @@ def edr(entropy: torch.Tensor, ratio: torch.Tensor, lam: float) -> torch.Tensor:
     entropy alone at the same threshold.
     """
     entropy, ratio = entropy.float(), ratio.float()
-    zero = (entropy <= 0) | (ratio <= 0) if lam > 0 else entropy <= 0
+    zero = (torch.minimum(entropy, ratio) if lam > 0 else entropy) <= 0
     safe_entropy = entropy.clamp(min=torch.finfo(entropy.dtype).tiny)
     safe_ratio = ratio.clamp(min=torch.finfo(ratio.dtype).tiny)
-    value = (lam + 1.0) / (lam / safe_ratio + 1.0 / safe_entropy)
-    return torch.where(zero, torch.zeros_like(value), value)
+    return ((lam + 1.0) / (lam / safe_ratio + 1.0 / safe_entropy)).masked_fill(zero, 0.0)
