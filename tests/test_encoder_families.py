@@ -10,11 +10,12 @@ import json
 import pytest
 import torch
 from huggingface_hub import constants
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from transformers import AutoModel
+from transformers import AutoModel, FunnelConfig, FunnelModel
 
 from de3.data.datamodule import TextTaskDataModule
-from de3.errors import De3Error
+from de3.errors import De3Error, find_user_error
 from de3.jobs import train
 from de3.models.backbone import EncoderBackbone, load_encoder, load_tokenizer
 from de3.predictor import EarlyExitPredictor
@@ -105,6 +106,19 @@ def test_pretrained_pooler_is_exposed_but_not_part_of_the_model(family, has_pool
 def test_unknown_family_lists_the_supported_ones():
     with pytest.raises(De3Error, match="not a supported encoder family; de3 supports model_type albert, bert, deberta"):
         EncoderBackbone(torch.nn.Linear(2, 2))
+
+
+def test_saved_model_of_another_family_is_refused_before_anything_loads(tiny_config, tmp_path, monkeypatch):
+    funnel = FunnelConfig(vocab_size=40, d_model=32, n_head=2, d_head=16, d_inner=64, block_sizes=[1, 1])
+    FunnelModel(funnel).save_pretrained(tmp_path / "funnel")
+    for loader in ("AutoTokenizer", "AutoModel"):
+        monkeypatch.setattr(f"de3.models.backbone.{loader}.from_pretrained", pytest.fail)
+    cfg = tiny_config(f"backbone.path={tmp_path / 'funnel'}", "backbone.model_type=null", "backbone.random_init=false")
+    with pytest.raises(Exception) as info:
+        instantiate(cfg.model)
+    message = str(find_user_error(info.value))
+    assert f"backbone 'tiny_bert' at {tmp_path / 'funnel'} (model_type 'funnel') is not a supported" in message
+    assert "de3 supports model_type albert, bert, deberta-v2, distilbert" in message
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -23,7 +23,7 @@ from transformers import (
 from de3.errors import De3Error
 from de3.hub import hub_unreachable, looks_like_path
 from de3.models.char_tokenizer import CHAR_TOKENIZERS
-from de3.models.encoder_families import LayerInputs, family_for
+from de3.models.encoder_families import LayerInputs, family_for, require_supported
 
 
 def _from_pretrained(loader: Any, name: str, path: str, **kwargs: Any) -> Any:
@@ -48,11 +48,18 @@ def _from_pretrained(loader: Any, name: str, path: str, **kwargs: Any) -> Any:
         ) from None
 
 
+def _require_supported_path(name: str, path: str) -> None:
+    """Stop before the tokenizer or weights load when the model at `path` is of a family de3 has
+    no adapter for (its config read as saved: another family may refuse de3's overrides)."""
+    require_supported(_from_pretrained(AutoConfig, name, path).model_type, f"backbone {name!r} at {path}")
+
+
 def load_tokenizer(
     name: str, path: str | None = None, model_type: str | None = None, **_: Any
 ) -> PreTrainedTokenizerBase:
     """The backbone's tokenizer; random-weight models without a path get a character tokenizer."""
     if path is not None:
+        _require_supported_path(name, path)
         return _from_pretrained(AutoTokenizer, name, path)
     if model_type not in CHAR_TOKENIZERS:
         raise De3Error(
@@ -80,8 +87,10 @@ def load_encoder(
         if tokenizer is not None:
             overrides.setdefault("vocab_size", len(tokenizer))
             overrides.setdefault("pad_token_id", tokenizer.pad_token_id)
+        require_supported(model_type, f"backbone {name!r}")
         config = AutoConfig.for_model(model_type, **overrides)
     else:
+        _require_supported_path(name, path)
         config = _from_pretrained(AutoConfig, name, path, **overrides)
     if random_init:
         return _without_pooler(AutoModel.from_config(config))

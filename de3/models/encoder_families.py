@@ -214,12 +214,17 @@ FAMILIES: dict[str, type[EncoderFamily]] = {
 }
 
 
+def require_supported(model_type: str | None, what: str) -> None:
+    """One clear error, naming `what` and the supported families, unless `model_type` has an adapter."""
+    if model_type not in FAMILIES:
+        raise De3Error(
+            f"{what} (model_type {model_type!r}) is not a supported encoder family; "
+            f"de3 supports model_type {', '.join(sorted(FAMILIES))}"
+        )
+
+
 def family_for(encoder: nn.Module) -> EncoderFamily:
     """The adapter for `encoder`'s `config.model_type`; one clear error for any other model."""
     model_type = getattr(getattr(encoder, "config", None), "model_type", None)
-    if model_type not in FAMILIES:
-        raise De3Error(
-            f"{type(encoder).__name__} (model_type {model_type!r}) is not a supported encoder family; "
-            f"de3 supports model_type {', '.join(sorted(FAMILIES))}"
-        )
+    require_supported(model_type, type(encoder).__name__)
     return FAMILIES[model_type](encoder)
