@@ -240,7 +240,8 @@ def predict(cfg: DictConfig) -> float:
     predictor = build_predictor(cfg)
     task = predictor.task
     if settings.input is not None:
-        examples = read_inputs(settings.input, settings.text_columns or task.local.text_columns)
+        encoding = settings.encoding or task.local.encoding  # default: that of the files the model learnt from
+        examples = read_inputs(settings.input, settings.text_columns or task.local.text_columns, encoding)
     else:
         examples = load_splits(task, [settings.split], cfg.data.data_dir, cfg.data.source)[settings.split]
     started = time.perf_counter()

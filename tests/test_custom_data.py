@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from de3.data.custom import complete_custom_task
 from de3.data.datamodule import TextTaskDataModule
 from de3.data.held_out import strata, stratified_split
 from de3.data.labels import infer_label_names
@@ -168,6 +170,16 @@ def test_one_latin1_file_without_label_names_trains_and_predicts_label_names(tin
     assert [row.split(",")[0] for row in rows] == [f"{TWEETS}:{line}" for line in validation_lines]
     assert {row.split(",")[1] for row in rows} <= set(TWEET_LABELS)
 
+    latin1 = CUSTOM / "desserts_latin1.csv"  # a new file in the run's encoding (task.encoding), then in another
+    predict(tiny_config(*base, f"predict.input={latin1}"))
+    assert len((tmp_path / "predictions.csv").read_text(encoding="utf-8").splitlines()) == 1 + 8
+    with pytest.raises(
+        De3Error, match=r"desserts_latin1\.csv:2: not valid UTF-8 .*\(predict\.encoding=latin-1, cp1252"
+    ):
+        predict(tiny_config(*base, f"predict.input={latin1}", "predict.encoding=utf-8"))
+    predict(tiny_config(*base, f"predict.input={CUSTOM / 'reviews_cp1251.csv'}", "predict.encoding=auto"))
+    assert len((tmp_path / "predictions.csv").read_text(encoding="utf-8").splitlines()) == 1 + 6
+
 
 def test_the_config_gets_absolute_paths_and_the_labels_found(monkeypatch, caplog):
     from omegaconf import OmegaConf
@@ -181,3 +193,55 @@ def test_the_config_gets_absolute_paths_and_the_labels_found(monkeypatch, caplog
         complete_custom_task(task_cfg)
     assert task_cfg.files.train == str(TWEETS) and list(task_cfg.label_names) == TWEET_LABELS
     assert "negative (15 rows), neutral (13 rows), positive (15 rows)" in caplog.text
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    path.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in rows), encoding="utf-8")
+    return path
+
+
+def test_a_numeric_label_that_training_never_saw_is_refused(tmp_path):
+    train = write_csv(tmp_path / "train.csv", [(f"row {i}", 1 + i % 2) for i in range(6)])
+    dev = write_csv(tmp_path / "dev.csv", [("a", 2), ("b", 1), ("c", 0)])
+    config = {"files": {"train": str(train), "validation": str(dev)}, "text_columns": ["text"], "label_names": None}
+    task_cfg = OmegaConf.create(config)
+    complete_custom_task(task_cfg)
+    assert list(task_cfg.label_names) == ["1", "2"]
+    with pytest.raises(
+        De3Error, match=r"dev\.csv:4: label '0' is outside the label set of task 'custom': \['1', '2'\]$"
+    ):
+        load_splits(task_from_config(task_cfg), ["validation"], None)  # not read as index 0, class "1"
+
+
+def test_custom_without_a_training_file_says_what_to_set(tiny_config):
+    from de3.jobs import run
+
+    with pytest.raises(De3Error, match=r"task\.files\.train is not set: name your labelled CSV, TSV, JSON or JSONL"):
+        run(tiny_config("task=custom"))
+
+
+def test_jsonl_records_may_leave_out_the_label(tmp_path, caplog):
+    path = tmp_path / "reviews.jsonl"
+    records = [{"text": "not rated yet"}] + [{"text": f"review {i}", "label": ("neg", "pos")[i % 2]} for i in range(20)]
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    task = task_from_config({"files": {"train": str(path)}, "text_columns": ["text"], "label_names": ["neg", "pos"]})
+    with caplog.at_level(logging.WARNING):
+        parts = load_splits(task, ["train", "validation"], None)
+    assert {e.where for e in parts["train"] + parts["validation"]} == {f"{path}:{line}" for line in range(2, 22)}
+    assert "reviews.jsonl: skipped 1 row(s) with an empty text or label, at line(s) 1" in caplog.text
+
+
+def test_labels_that_differ_only_in_case_and_single_row_classes_are_warned_about(tmp_path, caplog):
+    labels = ["negative"] * 3 + ["Negative"] * 2 + ["positive"] * 3 + ["meh"]
+    path = write_csv(tmp_path / "moods.csv", [(f"text {i}", label) for i, label in enumerate(labels)])
+    task_cfg = OmegaConf.create({"files": {"train": str(path)}, "text_columns": ["text"], "label_names": None})
+    with caplog.at_level(logging.WARNING):
+        complete_custom_task(task_cfg)
+    assert list(task_cfg.label_names) == ["Negative", "meh", "negative", "positive"]
+    warnings = [record.getMessage() for record in caplog.records]
+    assert warnings == [
+        f"{path}, column 'label': labels 'Negative' and 'negative' differ only in case, so they are 2 different "
+        "classes; if they mean one, write them alike in the file",
+        f"{path}, column 'label': 1 class(es) with a single row: 'meh'. The model cannot learn a class from one "
+        "example, nor be scored on it; add rows, or merge or drop the class",
+    ]

@@ -1,6 +1,7 @@
 """Reading TSV/CSV/JSON(L): GLUE quirks and errors that name file and line."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,36 @@ from de3.errors import De3Error
 def test_tsv_with_bom_and_bare_quotes(tmp_path):
     path = tmp_path / "a.tsv"
     path.write_text('\ufeffQuality\ttext\n1\the said "hi\n0\tplain\n', encoding="utf-8")
-    assert read_rows(path) == [(2, {"Quality": "1", "text": 'he said "hi'}), (3, {"Quality": "0", "text": "plain"})]
+    expected = [(2, {"Quality": "1", "text": 'he said "hi'}), (3, {"Quality": "0", "text": "plain"})]
+    assert read_rows(path) == read_rows(path, literal_quotes=True) == expected
+
+
+def test_a_tsv_written_by_pandas_reads_back_as_pandas_reads_it(tmp_path, caplog):
+    import pandas
+
+    texts = ['He said "hi"', "a tab\there", "two\nlines", '"quoted" at the start']
+    path = tmp_path / "written.tsv"
+    pandas.DataFrame({"text": texts, "label": [1, 0, 1, 0]}).to_csv(path, sep="\t", index=False)
+    assert '"He said ""hi"""' in path.read_text()  # pandas quotes fields that hold a quote, a tab or a line break
+    with caplog.at_level(logging.WARNING):
+        rows = read_rows(path)
+    assert [row["text"] for _, row in rows] == texts == list(pandas.read_csv(path, sep="\t")["text"])
+    assert [line for line, _ in rows] == [2, 3, 4, 6]  # where each row starts
+    assert caplog.text == ""
+
+
+def test_a_tsv_whose_quotes_are_not_quoting_is_read_literally_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "hand_written.tsv"
+    path.write_text('text\tlabel\n"Hi," she said.\t1\nplain\t0\n', encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        rows = read_rows(path)
+    assert rows == [(2, {"text": '"Hi," she said.', "label": "1"}), (3, {"text": "plain", "label": "0"})]
+    [warning] = [record.getMessage() for record in caplog.records]
+    assert warning.startswith(f"{path}:2: ") and warning.endswith("doubled); read with its quotes as text")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert read_rows(path, literal_quotes=True) == rows  # GLUE's files: quotes are text, no warning
+    assert caplog.text == ""
 
 
 def test_headerless_tsv_takes_given_names(tmp_path):
@@ -83,3 +113,34 @@ def test_bytes_invalid_in_the_chosen_encoding_name_the_line(tmp_path):
         read_rows(path)
     with pytest.raises(De3Error, match="unknown text encoding 'latin-9000'"):
         read_rows(path, encoding="latin-9000")
+
+
+def warnings_of(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    "name, encoding, expected",
+    [
+        ("desserts_latin1.csv", "latin-1", ["A naïve / crème brûlée, the best dessert in town", "Käsekuchen"]),
+        ("menu_cp1252.csv", "cp1252", ["Worth every €: the “crème brûlée” was perfect – merci!"]),
+    ],
+)
+def test_auto_reads_western_text_as_cp1252_or_latin1_before_guessing(name, encoding, expected, caplog):
+    """Asked first, charset-normalizer reads the latin-1 file as cp1250 (ï as ď, è as č)."""
+    with caplog.at_level(logging.INFO):
+        rows = read_rows(CUSTOM / name, encoding="auto")
+    assert rows == read_rows(CUSTOM / name, encoding=encoding)
+    text = " ".join(row["text"] for _, row in rows)
+    assert all(phrase in text for phrase in expected)
+    assert f"detected text encoding {encoding}" in caplog.text and warnings_of(caplog) == []
+
+
+def test_auto_guesses_other_encodings_with_a_warning(caplog):
+    path = CUSTOM / "reviews_cp1251.csv"  # Cyrillic
+    with caplog.at_level(logging.INFO):
+        rows = read_rows(path, encoding="auto")
+    assert rows == read_rows(path, encoding="cp1251")
+    assert rows[1][1]["text"] == "Отличная книга: читается на одном дыхании"
+    [warning] = warnings_of(caplog)
+    assert "guessed cp1251" in warning and "name the encoding (task.encoding=...)" in warning

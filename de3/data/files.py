@@ -7,8 +7,11 @@ import csv
 import io
 import json
 import logging
+import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from de3.errors import De3Error
 
@@ -31,21 +34,51 @@ def check_encoding(encoding: str) -> str:
     return encoding
 
 
-def _detect(path: Path, data: bytes) -> str:
+def _non_ascii(text: str) -> str:
+    """The most frequent non-ASCII characters of `text`, for a log line a person can check."""
+    return " ".join(c for c, _ in Counter(c for c in text if not c.isascii()).most_common(12))
+
+
+def _detect(path: Path, data: bytes, setting: str) -> str:
+    """UTF-8 if the bytes are valid UTF-8; else cp1252 if they read as Western European text
+    without a trace of mess (charset-normalizer's measure), named latin-1 where the two read the
+    same: they differ only in bytes 0x80–0x9F, cp1252's punctuation (€ “ ” – …) and latin-1's C1
+    control characters, which real text does not contain; else charset-normalizer's statistical
+    guess, with a warning. (Asked first, that guess reads short Western texts with few accents
+    as cp1250, cp1251 or iso8859_10: ä as д.)"""
     from charset_normalizer import from_bytes  # only `auto` needs it
 
+    try:
+        data.decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError:
+        pass
+    western = "cp1252" if re.search(rb"[\x80-\x9f]", data) else "latin-1"
+    match = from_bytes(data, cp_isolation=[western]).best()
+    if match is not None and match.chaos == 0:
+        log.info("%s: detected text encoding %s (non-ASCII characters: %s)", path, western, _non_ascii(str(match)))
+        return western
     best = from_bytes(data).best()
     if best is None:
-        raise De3Error(f"{path}: could not detect the text encoding; name it (task.encoding=latin-1, cp1252, ...)")
-    log.info("%s: detected text encoding %s", path, best.encoding)
+        raise De3Error(f"{path}: could not detect the text encoding; name it ({setting}=latin-1, cp1252, ...)")
+    log.warning(
+        "%s: neither UTF-8 nor Western European text; guessed %s (%s; non-ASCII characters: %s): "
+        "if these read wrong, name the encoding (%s=...)",
+        path,
+        best.encoding,
+        best.language,
+        _non_ascii(str(best)),
+        setting,
+    )
     return best.encoding
 
 
-def decode(path: Path, encoding: str = "utf-8") -> str:
+def decode(path: Path, encoding: str = "utf-8", setting: str = "task.encoding") -> str:
     """The file's text in `encoding` (a Python codec, or "auto" to detect it), without a byte
-    order mark; bytes invalid in that encoding are a De3Error naming the line."""
+    order mark; bytes invalid in that encoding are a De3Error naming the line. `setting` is the
+    config key that names the encoding, for the messages."""
     data = path.read_bytes()
-    codec = _detect(path, data) if check_encoding(encoding) == "auto" else encoding
+    codec = _detect(path, data, setting) if check_encoding(encoding) == "auto" else encoding
     try:
         text = data.decode(codec)
     except UnicodeDecodeError as err:
@@ -53,21 +86,31 @@ def decode(path: Path, encoding: str = "utf-8") -> str:
         name = "UTF-8" if codecs.lookup(codec).name == "utf-8" else codec
         raise De3Error(
             f"{path}:{line}: not valid {name} ({err.reason} at byte {err.start}); "
-            "name the file's encoding (task.encoding=latin-1, cp1252, ... or auto)"
+            f"name the file's encoding ({setting}=latin-1, cp1252, ... or auto)"
         ) from None
     return text.removeprefix("\ufeff")
 
 
-def _read_delimited(path: Path, text: str, delimiter: str, column_names: Sequence[str] | None) -> list[Row]:
-    # GLUE's TSVs contain bare quote characters: they must not be read as CSV quoting.
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+def _parse_delimited(path: Path, text: str, column_names: Sequence[str] | None, **dialect: Any) -> list[Row]:
+    """The rows of a delimited text read by `csv.reader(**dialect)`, each with the line it starts
+    on; a row whose field count differs from the header's, or quoting the reader refuses (with
+    `strict`), is a De3Error naming its line."""
+    reader = csv.reader(io.StringIO(text, newline=""), **dialect)
     header = list(column_names) if column_names is not None else next(reader, None)
     if header is None:
         return []
     rows = []
-    for fields in reader:
-        line = reader.line_num
+    while True:
+        line = reader.line_num + 1  # a quoted field may span lines
+        try:
+            fields = next(reader, None)
+        except csv.Error as err:
+            raise De3Error(
+                f"{path}:{line}: {err} (CSV quoting: a field that starts with a quote ends with one, its own quotes "
+                "doubled)"
+            ) from None
+        if fields is None:
+            return rows
         if not fields:
             continue
         if len(fields) != len(header):
@@ -75,7 +118,22 @@ def _read_delimited(path: Path, text: str, delimiter: str, column_names: Sequenc
                 f"{path}:{line}: malformed row with {len(fields)} fields, expected {len(header)} ({', '.join(header)})"
             )
         rows.append((line, dict(zip(header, fields))))
-    return rows
+
+
+def _read_tsv(path: Path, text: str, column_names: Sequence[str] | None, literal_quotes: bool) -> list[Row]:
+    """A TSV's rows, read as pandas, Excel and Python's csv module write TSV: a field that holds
+    a quote, tab or line break enclosed in quotes, its own quotes doubled. A file whose quotes
+    do not parse so is read with its quotes as text, with a warning; with `literal_quotes`
+    (GLUE's files, whose texts hold bare quotes) it is read so at once."""
+    literal = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+    if literal_quotes:
+        return _parse_delimited(path, text, column_names, **literal)
+    try:
+        return _parse_delimited(path, text, column_names, delimiter="\t", strict=True)
+    except De3Error as quoting_error:
+        rows = _parse_delimited(path, text, column_names, **literal)  # a malformed file fails here too
+        log.warning("%s; read with its quotes as text", quoting_error)
+        return rows
 
 
 def _read_json(path: Path, text: str, lines: bool) -> list[Row]:
@@ -101,12 +159,19 @@ def _read_json(path: Path, text: str, lines: bool) -> list[Row]:
     return rows
 
 
-def read_rows(path: str | Path, column_names: Sequence[str] | None = None, encoding: str = "utf-8") -> list[Row]:
+def read_rows(
+    path: str | Path,
+    column_names: Sequence[str] | None = None,
+    encoding: str = "utf-8",
+    literal_quotes: bool = False,
+    setting: str = "task.encoding",
+) -> list[Row]:
     """Read every data row of a TSV/CSV/JSON/JSONL file as (line number, {column: value}).
 
     The format follows the file extension. `column_names` is for delimited files without a
-    header row; `encoding` is as in `decode`. Raises `De3Error` naming the file (and line) for a
-    missing file, bytes invalid in the encoding, or a row whose field count differs from the header's.
+    header row; `encoding` and `setting` are as in `decode`; `literal_quotes` reads a TSV's
+    quotes as text (`_read_tsv`). Raises `De3Error` naming the file (and line) for a missing
+    file, bytes invalid in the encoding, or a row whose field count differs from the header's.
     """
     path = Path(path)
     fmt = FORMATS.get(path.suffix.lower())
@@ -114,7 +179,14 @@ def read_rows(path: str | Path, column_names: Sequence[str] | None = None, encod
         raise De3Error(f"{path}: unknown file type {path.suffix!r}; use one of {sorted(FORMATS)}")
     if not path.is_file():
         raise De3Error(f"data file not found: {path}")
-    text = decode(path, encoding)
+    text = decode(path, encoding, setting)
     if fmt in ("json", "jsonl"):
         return _read_json(path, text, lines=fmt == "jsonl")
-    return _read_delimited(path, text, "\t" if fmt == "tsv" else ",", column_names)
+    if fmt == "tsv":
+        return _read_tsv(path, text, column_names, literal_quotes)
+    return _parse_delimited(path, text, column_names, delimiter=",")
+
+
+def columns_of(rows: Sequence[Row]) -> set[str]:
+    """Every column some row has (a JSON record may leave out keys that others have)."""
+    return set().union(*(row for _, row in rows))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from de3.data.files import Row, read_rows
+from de3.data.files import Row, columns_of, read_rows
 from de3.data.tasks import TableLayout, TaskSpec
 from de3.errors import De3Error
 from de3.hub import hub_unreachable
@@ -47,10 +47,10 @@ def read_table(layout: TableLayout, split: str, path: Path, require_label: bool)
     A row with an empty text or label is skipped (`layout.on_bad_rows="skip"`) or is an error
     naming its line ("error").
     """
-    rows = read_rows(path, layout.headerless.get(split), layout.encoding)
+    rows = read_rows(path, layout.headerless.get(split), layout.encoding, layout.literal_quotes)
     if not rows:
         return [], []
-    columns = set(rows[0][1])
+    columns = columns_of(rows)
     missing = [c for c in layout.text_columns if c not in columns]
     if missing:
         raise De3Error(f"{path}: missing text column(s) {missing}; columns are {sorted(columns)}")

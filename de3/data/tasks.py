@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from omegaconf import MISSING, DictConfig, OmegaConf
+
 from de3.data.files import check_encoding
 from de3.errors import De3Error
 
@@ -27,7 +29,8 @@ class TableLayout:
 
     `files` maps a split name to a path (relative to the data directory for GLUE, absolute for
     custom data). `headerless` names the columns of the splits whose files have no header row
-    (GLUE's CoLA train/dev). `encoding` is a Python codec or "auto". `on_bad_rows` says what
+    (GLUE's CoLA train/dev). `encoding` is a Python codec or "auto". `literal_quotes`: a TSV's
+    quotes are text (GLUE's), not CSV quoting as pandas writes it. `on_bad_rows` says what
     a row with an empty text or label does: "skip" (counted and logged) or "error".
     `held_out` maps splits that have no file to the fraction of the training file they take,
     drawn with `split_seed`, and `held_out_minimum` to the fewest rows a split may have (it
@@ -40,6 +43,7 @@ class TableLayout:
     label_column: str | None
     headerless: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     encoding: str = "utf-8"
+    literal_quotes: bool = False
     on_bad_rows: str = "error"
     held_out: Mapping[str, float] = field(default_factory=dict)
     held_out_minimum: Mapping[str, int] = field(default_factory=dict)
@@ -97,7 +101,8 @@ class TaskSpec:
     def encode_label(self, value: Any, where: str) -> int | float:
         """Map a raw label (a name, an index, or a number for regression) to the model's target.
 
-        `where` names the row ("file:line") for the error message.
+        An index is taken only where no label name is a number: with names "1" and "2", a
+        label 0 is no class. `where` names the row ("file:line") for the error message.
         """
         if self.label_names is None:
             try:
@@ -107,12 +112,18 @@ class TaskSpec:
         text = str(value).strip()
         if text in self.label_names:
             return self.label_names.index(text)
-        if text.lstrip("-").isdigit() and 0 <= int(text) < len(self.label_names):
+        if self._labels_are_indexable and text.isdigit() and int(text) < len(self.label_names):
             return int(text)
+        indices = f" (or their indices 0..{len(self.label_names) - 1})" if self._labels_are_indexable else ""
         raise De3Error(
             f"{where}: label {value!r} is outside the label set of task {self.name!r}: "
-            f"{list(self.label_names)} (or their indices 0..{len(self.label_names) - 1})"
+            f"{list(self.label_names)}{indices}"
         )
+
+    @property
+    def _labels_are_indexable(self) -> bool:
+        """Whether a label may be given by its index: never where a label name is a number."""
+        return not any(_is_number(name) for name in self.label_names)
 
     def to_dict(self) -> dict[str, Any]:
         """The facts a checkpoint keeps to recognise its task later."""
@@ -121,6 +132,14 @@ class TaskSpec:
             "label_names": None if self.label_names is None else list(self.label_names),
             "metrics": list(self.metrics),
         }
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _glue(
@@ -150,6 +169,7 @@ def _glue(
             text_columns=text_columns,
             label_column=label_column,
             headerless=headerless or {},
+            literal_quotes=True,
         ),
         hub=HubSource("nyu-mll/glue", name, hub_text_columns),
     )
@@ -239,9 +259,17 @@ def _held_out(cfg: Mapping[str, Any], name: str, files: Mapping[str, str]) -> di
 def custom_layout(cfg: Mapping[str, Any]) -> TableLayout:
     """The files, columns and reading rules of a custom task's config node."""
     name = cfg.get("name", "custom")
-    files = {split: str(Path(path).expanduser().absolute()) for split, path in (cfg.get("files") or {}).items() if path}
+    given = cfg.get("files") or {}
+    if isinstance(given, DictConfig):
+        given = OmegaConf.to_container(given, resolve=True)  # a mandatory path left unset reads MISSING ("???")
+    files = {
+        split: str(Path(path).expanduser().absolute()) for split, path in given.items() if path and path != MISSING
+    }
     if not files.get("train"):
-        raise De3Error(f"task {name!r}: task.files.train is not set (a CSV/TSV/JSON(L) path)")
+        raise De3Error(
+            f"task {name!r}: task.files.train is not set: name your labelled CSV, TSV, JSON or JSONL file "
+            "(task.files.train=path/to/train.csv)"
+        )
     text_columns = tuple(cfg.get("text_columns") or ())
     if not 1 <= len(text_columns) <= 2:
         raise De3Error(f"task {name!r}: task.text_columns must name one or two columns, got {list(text_columns)}")
