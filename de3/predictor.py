@@ -19,6 +19,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from de3.data.sampling import LengthSortedSampler
 from de3.data.tasks import TaskSpec
+from de3.devices import resolve_device, resolve_precision
 from de3.errors import De3Error
 from de3.metrics import predictions
 from de3.models.encoder_families import LayerInputs
@@ -28,28 +29,6 @@ from de3.models.multi_exit import MultiExitModel
 from de3.thresholds import ExitSetting, resolve_exit_setting
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """`auto` → CUDA when present, else the CPU; any other name as torch reads it, checked."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as err:
-        raise De3Error(f"device {device!r}: {err}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise De3Error(f"device {device!r}: CUDA is not available here (use auto or cpu)")
-    return resolved
-
-
-def resolve_precision(precision: str) -> torch.dtype:
-    """fp32 | bf16 | fp16 → the dtype the model runs in."""
-    if precision not in PRECISIONS:
-        raise De3Error(f"precision {precision!r}: choose from {sorted(PRECISIONS)}")
-    return PRECISIONS[precision]
 
 
 @dataclass

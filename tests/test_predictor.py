@@ -8,6 +8,7 @@ import torch
 from de3.data.datamodule import TextTaskDataModule
 from de3.data.sampling import input_order
 from de3.data.tasks import GLUE_TASKS
+from de3.devices import resolve_device, resolve_precision
 from de3.errors import De3Error
 from de3.exit_cache import collect_exit_cache
 from de3.models.exit_rules import RULES, decide, rule_indicator
@@ -55,7 +56,10 @@ def tiny_backbone(layers=4):
     }
 
 
-def assert_real_equals_simulated(module, loader, quantiles=(0.05, 0.3, 0.6), rules=tuple(RULES)):
+def assert_real_equals_simulated(
+    module, loader, quantiles=(0.05, 0.3, 0.6), rules=tuple(RULES), device="cpu", precision="fp32"
+):
+    module.model.to(device=resolve_device(device), dtype=resolve_precision(precision))
     cache = collect_exit_cache(module.model, loader)
     regression = module.task.is_regression
     checked = 0
@@ -71,7 +75,16 @@ def assert_real_equals_simulated(module, loader, quantiles=(0.05, 0.3, 0.6), rul
         used_layers = set()
         for threshold in thresholds:
             layers, answers = decide(rule, cache.logits, indicator, threshold, regression)
-            predictor = EarlyExitPredictor(module.model, module.tokenizer, module.task, rule.name, threshold, params)
+            predictor = EarlyExitPredictor(
+                module.model,
+                module.tokenizer,
+                module.task,
+                rule.name,
+                threshold,
+                params,
+                device=device,
+                precision=precision,
+            )
             real = [
                 predictor.predict_batch(b["input_ids"], b["attention_mask"], b.get("token_type_ids")) for b in loader
             ]
@@ -93,6 +106,31 @@ def test_tiny_model_real_exit_matches_simulation(task, bypass, glue_dir, char_to
     dm = TextTaskDataModule(module.task, module.tokenizer, data_dir=glue_dir, source="local", eval_batch_size=4)
     dm.setup("validate")
     assert assert_real_equals_simulated(module, dm.val_dataloader()[0]) >= (2 if task == "stsb" else 17)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+)
+def test_real_exit_matches_simulation_on_the_device_and_in_the_precision_it_runs(device, precision, glue_dir):
+    """Every tensor the predictor makes lives on its input's device (on CUDA, indices made on the
+    CPU stopped it), and a cache computed where and as the predictor runs predicts it exactly."""
+    module = make_module("rte", tiny_backbone())
+    dm = TextTaskDataModule(module.task, module.tokenizer, data_dir=glue_dir, source="local", eval_batch_size=4)
+    dm.setup("validate")
+    checked = assert_real_equals_simulated(module, dm.val_dataloader()[0], device=device, precision=precision)
+    assert checked >= 17 and next(module.model.parameters()).dtype == resolve_precision(precision)
+
+
+def test_device_and_precision_names_are_checked():
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(De3Error, match="device 'gpu0'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(De3Error, match="CUDA is not available here"):
+            resolve_device("cuda")
+    with pytest.raises(De3Error, match=r"precision 'fp8': choose from \['bf16', 'fp16', 'fp32'\]"):
+        resolve_precision("fp8")
 
 
 @needs_minilm
