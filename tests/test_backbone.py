@@ -1,9 +1,12 @@
 """The backbone adapter: loading (errors, pooler, dtype) and MiniLM's real weights against Hugging Face
 (every family's layer-by-layer parity: tests/test_encoder_families.py)."""
 
+import io
+
 import pytest
+import sentencepiece
 import torch
-from transformers import AutoModel
+from transformers import AutoModel, DebertaV2Config
 
 from de3.errors import De3Error
 from de3.models.backbone import EncoderBackbone, load_encoder, load_tokenizer
@@ -34,6 +37,36 @@ def test_missing_model_errors_name_where_they_looked(tmp_path):
         load_tokenizer("x", model_type="gpt9")
     with pytest.raises(De3Error, match="pretrained weights need backbone.path"):
         load_encoder("x", model_type="bert")
+
+
+def saved_deberta_v3_tokenizer(directory):
+    """A DeBERTa-v3 layout: config.json and, as its only tokenizer file, a tiny spm.model."""
+    DebertaV2Config(vocab_size=16, hidden_size=32, num_attention_heads=2).save_pretrained(directory)
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(["a short one", "the cat sat on the mat"] * 20),
+        model_writer=model,
+        vocab_size=16,
+        pad_id=0,
+        bos_id=1,
+        eos_id=2,
+        unk_id=3,
+        pad_piece="[PAD]",
+        bos_piece="[CLS]",
+        eos_piece="[SEP]",
+        unk_piece="[UNK]",
+        minloglevel=2,
+    )
+    (directory / "spm.model").write_bytes(model.getvalue())
+
+
+def test_sentencepiece_only_tokenizer_loads_or_names_the_missing_package(tmp_path, monkeypatch):
+    saved_deberta_v3_tokenizer(tmp_path)
+    tokenizer = load_tokenizer("deberta", path=str(tmp_path))
+    assert tokenizer("a cat")["input_ids"][0] == tokenizer.cls_token_id == 1
+    monkeypatch.setattr("de3.models.backbone.is_sentencepiece_available", lambda: False)
+    with pytest.raises(De3Error, match=r"SentencePiece model \(spm.model\), which needs the sentencepiece package"):
+        load_tokenizer("deberta", path=str(tmp_path))
 
 
 @needs_minilm

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import is_sentencepiece_available
 
 from de3.errors import De3Error
 from de3.hub import hub_unreachable, looks_like_path
@@ -54,12 +56,28 @@ def _require_supported_path(name: str, path: str) -> None:
     require_supported(_from_pretrained(AutoConfig, name, path).model_type, f"backbone {name!r} at {path}")
 
 
+def _require_sentencepiece(name: str, path: str) -> None:
+    """A local tokenizer saved only as a SentencePiece model (DeBERTa-v3's spm.model, no
+    tokenizer.json) needs the `sentencepiece` package: without it transformers falls back to
+    reading the file as tiktoken's and names that package instead."""
+    directory = Path(path).expanduser()
+    if is_sentencepiece_available() or not directory.is_dir() or (directory / "tokenizer.json").is_file():
+        return
+    models = sorted(file.name for file in directory.glob("*.model"))
+    if models:
+        raise De3Error(
+            f"backbone {name!r}: the tokenizer in {directory} is a SentencePiece model ({', '.join(models)}), "
+            f"which needs the sentencepiece package: pip install sentencepiece"
+        )
+
+
 def load_tokenizer(
     name: str, path: str | None = None, model_type: str | None = None, **_: Any
 ) -> PreTrainedTokenizerBase:
     """The backbone's tokenizer; random-weight models without a path get a character tokenizer."""
     if path is not None:
         _require_supported_path(name, path)
+        _require_sentencepiece(name, path)
         return _from_pretrained(AutoTokenizer, name, path)
     if model_type not in CHAR_TOKENIZERS:
         raise De3Error(
