@@ -29,7 +29,7 @@ from de3.hub import missing_hub_inputs
 from de3.models.exit_rules import validate_exit_config
 from de3.models.module import MultiExitModule
 from de3.predictor import EarlyExitPredictor
-from de3.results import print_results, save_results
+from de3.results import class_results, print_results, save_results
 from de3.sweep import score
 from de3.thresholds import FILENAME, RunThresholds, resolve_exit_setting
 from de3.utils.io import csv_text, write_text_atomic
@@ -81,6 +81,7 @@ def _report(
                 "global_step": trainer.global_step,
                 "wall_time_s": round(time.perf_counter() - started, 1),
                 "git_commit": git_commit(),
+                **class_results(model.task.label_names, model.eval_confusion),
                 "config": OmegaConf.to_container(cfg, resolve=True),
             },
         )

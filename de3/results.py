@@ -1,17 +1,21 @@
-"""Per-exit results of an evaluation: a table on the console, `results.json` and `results.md`."""
+"""Per-exit results of an evaluation: a table on the console, `results.json` and `results.md`;
+and the final exit's scores per class."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
 from de3.utils.io import write_text_atomic
 
 Scores = dict[str, dict[str, list[float]]]  # split -> metric -> one score per exit
+Confusion = list[list[int]]  # rows: true class, columns: predicted class
 
 
 def _columns(scores: Scores) -> list[tuple[str, str]]:
@@ -51,3 +55,31 @@ def save_results(output_dir: str | Path, scores: Scores, title: str, meta: dict[
     output_dir = Path(output_dir)
     write_text_atomic(output_dir / "results.json", json.dumps({**meta, "scores": scores}, indent=2) + "\n")
     write_text_atomic(output_dir / "results.md", results_markdown(scores, title))
+
+
+def per_class_scores(label_names: Sequence[str], confusion: Confusion) -> dict[str, dict[str, float | int]]:
+    """Each class's precision, recall, F1 and support (true rows) from a confusion matrix, as
+    scikit-learn's `classification_report` computes them: 0 where a ratio is undefined (a class
+    never predicted, or absent)."""
+    counts = torch.tensor(confusion, dtype=torch.float64)
+    correct, true, predicted = counts.diagonal(), counts.sum(1), counts.sum(0)
+    precision = (correct / predicted).nan_to_num(0.0)  # 0/0 only: correct <= predicted, correct <= true
+    recall = (correct / true).nan_to_num(0.0)
+    f1 = (2 * precision * recall / (precision + recall)).nan_to_num(0.0)
+    return {
+        name: {"precision": p, "recall": r, "f1": f, "support": int(n)}
+        for name, p, r, f, n in zip(label_names, precision.tolist(), recall.tolist(), f1.tolist(), true.tolist())
+    }
+
+
+def class_results(label_names: Sequence[str] | None, confusion: Mapping[str, Confusion]) -> dict[str, Any]:
+    """results.json's entries on classes: `labels` (the class names in index order; null for
+    regression) and, for each eval split, the final exit's `per_class` scores (`per_class_scores`)
+    and `confusion_matrix` (rows: true class, columns: predicted, in `labels` order)."""
+    if label_names is None:
+        return {"labels": None}
+    return {
+        "labels": list(label_names),
+        "per_class": {split: per_class_scores(label_names, matrix) for split, matrix in confusion.items()},
+        "confusion_matrix": dict(confusion),
+    }

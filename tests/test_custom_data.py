@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from de3.data.custom import complete_custom_task
 from de3.data.datamodule import TextTaskDataModule
@@ -17,6 +18,8 @@ from de3.data.labels import infer_label_names
 from de3.data.splits import load_splits
 from de3.data.tasks import task_from_config
 from de3.errors import De3Error
+from de3.exit_cache import load_exit_caches
+from de3.results import per_class_scores
 from tests.glue_fixtures import write_glue
 
 CUSTOM = Path(__file__).parent / "data" / "custom"
@@ -159,6 +162,13 @@ def test_one_latin1_file_without_label_names_trains_and_predicts_label_names(tin
     results = json.loads((tmp_path / "results.json").read_text())
     checkpoint = torch.load(results["checkpoint"], weights_only=True)
     assert checkpoint["hyper_parameters"]["task"]["label_names"] == TWEET_LABELS
+    assert results["labels"] == TWEET_LABELS  # with the final exit's scores per class, as the exit cache gives them
+    cache = load_exit_caches(tmp_path / "exit_cache.pt")["validation"]
+    predicted = cache.logits[-1].argmax(-1)
+    assert results["confusion_matrix"] == {
+        "validation": confusion_matrix(cache.labels, predicted, labels=[0, 1, 2]).tolist()
+    }
+    assert results["per_class"]["validation"]["negative"]["support"] == int((cache.labels == 0).sum())
     split = json.loads((tmp_path / "data_split.json").read_text())
     train_lines, validation_lines = split["train"][str(TWEETS)], split["validation"][str(TWEETS)]
     assert len(validation_lines) == 5 and not set(train_lines) & set(validation_lines)
@@ -245,3 +255,15 @@ def test_labels_that_differ_only_in_case_and_single_row_classes_are_warned_about
         f"{path}, column 'label': 1 class(es) with a single row: 'meh'. The model cannot learn a class from one "
         "example, nor be scored on it; add rows, or merge or drop the class",
     ]
+
+
+def test_per_class_scores_are_scikit_learns():
+    true = [0, 0, 0, 1, 1, 2, 2, 2, 2, 3]  # class 1 is never predicted, class 4 never occurs
+    predicted = [0, 2, 2, 0, 2, 2, 2, 0, 4, 3]
+    names = ["a", "b", "c", "d", "e"]
+    per_class = per_class_scores(names, confusion_matrix(true, predicted, labels=range(5)).tolist())
+    expected = zip(*precision_recall_fscore_support(true, predicted, labels=range(5), zero_division=0))
+    assert per_class == {
+        name: {"precision": pytest.approx(p), "recall": pytest.approx(r), "f1": pytest.approx(f), "support": n}
+        for name, (p, r, f, n) in zip(names, expected)
+    }

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 from de3.data.tasks import task_from_config
 from de3.errors import De3Error
@@ -34,7 +35,8 @@ class MultiExitModule(L.LightningModule):
 
     All arguments are plain config dicts, saved as hyperparameters, so that
     `MultiExitModule.load_from_checkpoint(path)` rebuilds the same model (and tokenizer).
-    After each validation epoch, `eval_scores[split][metric]` holds one score per exit.
+    After each validation epoch, `eval_scores[split][metric]` holds one score per exit, and
+    (classification) `eval_confusion[split]` the final exit's confusion matrix.
     """
 
     def __init__(
@@ -90,6 +92,9 @@ class MultiExitModule(L.LightningModule):
             for _ in self.task.eval_splits
         )
         self.eval_scores: dict[str, dict[str, list[float]]] = {}
+        per_class_splits = () if self.task.is_regression else self.task.eval_splits
+        self.confusion = nn.ModuleList(MulticlassConfusionMatrix(self.task.num_outputs) for _ in per_class_splits)
+        self.eval_confusion: dict[str, list[list[int]]] = {}
         self._prototype_batches: list[tuple[torch.Tensor, torch.Tensor]] = []  # since the last optimizer step
         self._entered_stage: int | None = None
         self._stage_starts = [0]
@@ -210,6 +215,8 @@ class MultiExitModule(L.LightningModule):
         predicted = predictions(logits, self.task.is_regression)  # [L, B]
         for exit_metrics, exit_predictions in zip(self.metrics[dataloader_idx], predicted):
             exit_metrics.update(exit_predictions, batch["labels"])
+        if self.confusion:
+            self.confusion[dataloader_idx].update(predicted[-1], batch["labels"])
 
     def on_validation_epoch_end(self) -> None:
         self.eval_scores = {}
@@ -221,6 +228,10 @@ class MultiExitModule(L.LightningModule):
             for name, values in self.eval_scores[split].items():
                 for layer, value in enumerate(values, start=1):
                     self.log(f"{split}/{name}/exit{layer}", value, sync_dist=True)  # equal on all ranks already
+        self.eval_confusion = {}
+        for split, confusion in zip(self.task.eval_splits, self.confusion):
+            self.eval_confusion[split] = confusion.compute().tolist()
+            confusion.reset()
         self.log("val_score", self.selection_score(), prog_bar=True, sync_dist=True)
 
     def selection_score(self) -> float:
