@@ -6,14 +6,17 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 
 from de3.errors import De3Error
 from de3.jobs import train
+from de3.models.backbone import EncoderBackbone
 from de3.models.indicators import distance_ratio, edr, normalized_entropy
-from de3.models.losses import De3Loss
+from de3.models.losses import De3Loss, TwoStageDe3Loss
 from de3.models.module import MultiExitModule
-from de3.models.multi_exit import MultiExitOutput
+from de3.models.multi_exit import MultiExitModel, MultiExitOutput
 from de3.models.prototypes import PrototypicalNetworks, dar_loss, euclidean_distances
+from tests.conftest import tiny_bert_encoder
 
 
 def test_normalized_entropy_hand_values():
@@ -111,8 +114,70 @@ def test_de3_loss_adds_alpha_dar():
     assert parts["loss"].item() == pytest.approx(
         joint.item() + 2.0 * dar_loss(output.distances, labels, 0.5).mean().item()
     )
-    with pytest.raises(De3Error, match="loss=de3 needs prototypes"):
+    with pytest.raises(De3Error, match="DAR needs prototypes"):
         De3Loss()(MultiExitOutput(output.logits, output.pooled), labels, regression=False)
+    with pytest.raises(De3Error, match="loss.alpha is DAR's weight"):
+        De3Loss(alpha=-1.0)
+
+
+def test_two_stage_de3_adds_dar_in_stage_two_only():
+    torch.manual_seed(0)
+    output = MultiExitOutput(logits=torch.randn(3, 4, 2), pooled=torch.zeros(3, 4, 8), distances=torch.rand(2, 4, 2))
+    labels = torch.tensor([0, 1, 0, 1])
+    loss = TwoStageDe3Loss(alpha=2.0, tau=0.5)
+    stage_one = loss(output, labels, regression=False, stage=0)
+    assert "dar" not in stage_one  # DeeBERT's stage 1: the final exit's CE alone
+    assert stage_one["loss"].item() == pytest.approx(F.cross_entropy(output.logits[-1], labels).item())
+    stage_two = loss(output, labels, regression=False, stage=1)
+    internal_ce = F.cross_entropy(output.logits[:-1].flatten(0, 1), labels.repeat(2)).item()  # uniform weights
+    dar = dar_loss(output.distances, labels, 0.5)
+    assert stage_two["loss"].item() == pytest.approx(internal_ce + 2.0 * dar.mean().item())
+    torch.testing.assert_close(stage_two["dar"], dar)
+    assert [loss.trains_prototypes(stage) for stage in (0, 1)] == [False, True]
+
+
+def gradient_norms(model: torch.nn.Module) -> dict[str, float]:
+    """Parameter name → the norm of its gradient (0 where it has none); the gradients are cleared."""
+    norms = {name: 0.0 if p.grad is None else p.grad.norm().item() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return norms
+
+
+def test_detached_mappings_take_dar_alone_and_the_exits_ce_still_trains_the_backbone():
+    tokenizer, encoder = tiny_bert_encoder()
+    batch = tokenizer(["one", "two words", "three", "four"], padding=True, return_tensors="pt")
+    labels = torch.tensor([0, 1, 0, 1])
+    torch.manual_seed(0)
+    settings = {"gamma": 0.1, "detach_backbone": True}
+    model = MultiExitModel(EncoderBackbone(encoder), 2, dropout=0.0, prototypes=settings)
+    with torch.no_grad():
+        model.prototypes.update(model(**batch).mapped + 1.0, labels)  # prototypes away from the samples
+    dar_loss(model(**batch).distances, labels, tau=1.0).sum().backward()
+    from_dar = gradient_norms(model)
+    assert {name for name, norm in from_dar.items() if norm > 0} == {
+        name for name, _ in model.named_parameters() if name.startswith("prototypes.mappings.")
+    }
+    De3Loss(alpha=0.0)(model(**batch), labels, regression=False)["loss"].backward()
+    from_ce = gradient_norms(model)
+    assert all(from_ce[name] > 0 for name, _ in model.named_parameters() if name.startswith("backbone.encoder.encoder"))
+
+
+def test_two_stage_de3_stage_two_dar_reaches_the_mappings_only(tiny_config):
+    module = instantiate(tiny_config("task=rte", "experiment=de3_two_stage").model)
+    model = module.model
+    module.loss_fn.enter_stage(1, model)
+    batch = module.tokenizer(["one", "two words", "three", "four"], padding=True, return_tensors="pt")
+    labels = torch.tensor([0, 1, 0, 1])
+    with torch.no_grad():  # stage 2 reads the frozen backbone's cached layer outputs
+        pooled = model.pooled_layers(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        model.prototypes.update(model.from_pooled(pooled).mapped + 1.0, labels)
+    output = model.from_pooled(pooled)
+    dar_loss(output.distances, labels, tau=1.0).sum().backward()
+    mappings = {name for name, _ in model.named_parameters() if name.startswith("prototypes.mappings.")}
+    assert {name for name, norm in gradient_norms(model).items() if norm > 0} == mappings
+    module.loss_fn(model.from_pooled(pooled), labels, regression=False, stage=1)["loss"].backward()
+    internal_exits = {name for name, _ in model.exits[:-1].named_parameters(prefix="exits")}
+    assert {name for name, norm in gradient_norms(model).items() if norm > 0} == mappings | internal_exits
 
 
 def test_de3_training_checkpoint_restores_prototypes_bit_for_bit(tiny_config, tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from de3.models.module import staged_linear_schedule
 from de3.models.multi_exit import MultiExitModel, MultiExitOutput
 from tests.conftest import tiny_bert_encoder
 
-METHODS = ("deebert", "pabee", "pcee", "fastbert", "badge", "de3")
+METHODS = ("deebert", "pabee", "pcee", "fastbert", "badge", "de3", "de3_two_stage", "de3_detached")
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -31,17 +31,20 @@ def changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> set[str
 
 
 class SnapshotAtStep(L.Callback):
-    """Keeps a copy of the model's parameters just before optimizer step `step` runs."""
+    """Keeps a copy of the model's parameters (and which prototypes are set, if it has any) just
+    before optimizer step `step` runs."""
 
     def __init__(self, step: int) -> None:
-        self.step, self.params = step, None
+        self.step, self.params, self.prototypes_set = step, None, None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             self.params = snapshot(pl_module.model)
+            if pl_module.model.prototypes is not None:
+                self.prototypes_set = pl_module.model.prototypes.initialized.clone()
 
 
-@pytest.mark.parametrize("loss", ["two_stage", "distill"])
+@pytest.mark.parametrize("loss", ["two_stage", "distill", "de3_two_stage"])
 def test_stage_two_leaves_backbone_and_final_exit_bit_identical(tiny_config, loss):
     cfg = tiny_config("task=rte", f"loss={loss}", "trainer.max_steps=6", "loss.first_stage=0.5")
     module = instantiate(cfg.model)
@@ -60,8 +63,11 @@ def test_stage_two_leaves_backbone_and_final_exit_bit_identical(tiny_config, los
     frozen = {f"backbone.{n}" for n, _ in model.backbone.named_parameters()}
     frozen |= {f"exits.{len(model.exits) - 1}.{n}" for n, _ in model.exits[-1].named_parameters()}
     internal = {f"exits.{m}.{n}" for m in range(len(model.exits) - 1) for n, _ in model.exits[m].named_parameters()}
+    if model.prototypes is not None:  # two-stage DE³: its mapping layers train in stage 2 as well
+        internal |= {f"prototypes.{n}" for n, _ in model.prototypes.named_parameters()}
+        assert not end.prototypes_set.any() and model.prototypes.initialized.all()  # set in stage 2, not before
     assert changed(end.params, model).isdisjoint(frozen)  # stage 2 (steps 3–5) froze them bit for bit
-    assert changed(end.params, model) == internal  # ... and trained every internal exit parameter
+    assert changed(end.params, model) == internal  # ... and trained every internal exit (and mapping) parameter
     moved_in_stage_one = {n for n in start.params if not torch.equal(start.params[n], end.params[n])}
     assert moved_in_stage_one.isdisjoint(internal)  # stage 1 trains the final exit ...
     assert {n for n in frozen if n.startswith("exits.")} <= moved_in_stage_one
@@ -143,7 +149,7 @@ def test_bypass_blocks_group_internal_layers():
 def test_every_method_recipe_composes_and_runs(tiny_config, tmp_path, method):
     cfg = tiny_config(f"experiment={method}", "task=rte", "backbone.config_overrides.num_hidden_layers=3")
     assert cfg.exit.rule == {"deebert": "entropy", "pabee": "patience", "pcee": "pcee", "fastbert": "entropy"}.get(
-        method, {"badge": "dge", "de3": "edr"}.get(method)
+        method, "dge" if method == "badge" else "edr"
     )
     train(cfg)
     for name in ("results.json", "sweep.csv", "summary.md", "thresholds.json", "sweep.png"):

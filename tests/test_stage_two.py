@@ -20,7 +20,7 @@ NO_DROPOUT = (
 )
 
 
-@pytest.mark.parametrize("loss", ["distill"])
+@pytest.mark.parametrize("loss", ["distill", "de3_two_stage"])
 def test_cached_stage_two_trains_as_the_backbone_would(tiny_config, loss):
     # a large learning rate, so that training on wrongly paired vectors and labels would show
     overrides = (
@@ -57,23 +57,44 @@ def best_weights(run_dir) -> dict[str, torch.Tensor]:
     return torch.load(checkpoint, weights_only=True)["state_dict"]
 
 
-def test_fastbert_stage_two_from_deeberts_stage_one(tiny_config, tmp_path):
+@pytest.mark.parametrize("loss", ["distill", "de3_two_stage"])
+def test_stage_two_from_deeberts_stage_one(tiny_config, tmp_path, loss):
     deebert = tiny_config("task=rte", "loss=two_stage", "trainer.max_steps=6")
     train(deebert)
     base = [o for o in deebert.hydra.overrides.task if not o.startswith("loss=")]
-    train(compose_config([*base, "loss=distill"], tmp_path / "fastbert"))
+    train(compose_config([*base, f"loss={loss}"], tmp_path / "own"))
     checkpoint = json.loads((tmp_path / "results.json").read_text())["checkpoint"]
-    shared = [*base, "loss=distill", f"loss.stage1_ckpt={checkpoint}", "trainer.max_steps=3"]
+    shared = [*base, f"loss={loss}", f"loss.stage1_ckpt={checkpoint}", "trainer.max_steps=3"]
     train(compose_config(shared, tmp_path / "shared"))
-    weights = {name: best_weights(d) for name, d in (("deebert", tmp_path), ("fastbert", tmp_path / "fastbert"))}
+    weights = {name: best_weights(d) for name, d in (("deebert", tmp_path), ("own", tmp_path / "own"))}
     weights["shared"] = best_weights(tmp_path / "shared")
     stage_one = [n for n in weights["deebert"] if n.startswith(("model.backbone.", "model.exits.1."))]
-    for name in stage_one:  # one stage 1: FastBERT's own is DeeBERT's bit for bit, and the shared run keeps it
-        assert torch.equal(weights["fastbert"][name], weights["deebert"][name]), name
+    for name in stage_one:  # one stage 1: the scheme's own is DeeBERT's bit for bit, and the shared run keeps it
+        assert torch.equal(weights["own"][name], weights["deebert"][name]), name
         assert torch.equal(weights["shared"][name], weights["deebert"][name]), name
     internal = [n for n in weights["deebert"] if n.startswith("model.exits.0.")]
     assert all(not torch.equal(weights["shared"][n], weights["deebert"][n]) for n in internal)
+    if loss == "de3_two_stage":  # stage 2 fitted the prototypes
+        assert weights["shared"]["model.prototypes.initialized"].all()
 
     other_task = instantiate(compose_config([*shared, "task=mrpc"], tmp_path / "mismatched").model)
     with pytest.raises(De3Error, match="loss.stage1_ckpt .* has task.name='rte', this run 'mrpc'"):
         other_task.load_stage_one(checkpoint)
+
+
+def test_two_stage_de3_on_a_joint_schemes_checkpoint(tiny_config, tmp_path):
+    # any multi-exit checkpoint of the task and backbone: its backbone and final exit are kept,
+    # the internal exits, mapping layers and prototypes are fitted on the frozen backbone
+    pabee = tiny_config("task=rte", "experiment=pabee")
+    train(pabee)
+    checkpoint = json.loads((tmp_path / "results.json").read_text())["checkpoint"]
+    base = [o for o in pabee.hydra.overrides.task if not o.startswith("experiment=")]
+    fitted = [*base, "experiment=de3_two_stage", f"loss.stage1_ckpt={checkpoint}", "trainer.max_steps=3"]
+    train(compose_config(fitted, tmp_path / "de3"))
+    joint, de3 = best_weights(tmp_path), best_weights(tmp_path / "de3")
+    kept = [n for n in joint if n.startswith(("model.backbone.", "model.exits.1."))]
+    assert kept and all(torch.equal(de3[n], joint[n]) for n in kept)
+    internal = [n for n in joint if n.startswith("model.exits.0.")]
+    assert all(not torch.equal(de3[n], joint[n]) for n in internal)  # trained from their own initialisation
+    assert de3["model.prototypes.initialized"].all()
+    assert "| edr |" in (tmp_path / "de3" / "summary.md").read_text()

@@ -1,9 +1,11 @@
 """Training schemes over all exits, one per `loss` config: the loss to optimise and, for the
 schemes that train in stages, which parameters each stage trains.
 
-A scheme with stages (DeeBERT's two-stage, FastBERT's self-distillation) splits the run's
-optimizer steps by `stage_fractions`; `MultiExitModule` calls `enter_stage` when a stage
-begins (also on resume) and restarts the learning-rate schedule there.
+A scheme with stages (DeeBERT's two-stage, FastBERT's self-distillation, two-stage DE³) splits
+the run's optimizer steps by `stage_fractions`; `MultiExitModule` calls `enter_stage` when a
+stage begins (also on resume) and restarts the learning-rate schedule there. DE³'s
+distance-aware regularization (`DistanceAwareRegularization`) adds to a joint or a two-stage
+scheme in the stages where that scheme trains the prototype mappings.
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ class JointLoss(nn.Module):
         """Whether `stage` trains only heads on a frozen backbone's cached layer outputs."""
         return False
 
+    def trains_prototypes(self, stage: int) -> bool:
+        """Whether the prototype mappings (if the model has them) train in `stage`, and so
+        whether the prototypes follow them there: in every stage of a joint scheme."""
+        return True
+
     def enter_stage(self, stage: int, model: nn.Module) -> None:
         """Set which parameters of the `MultiExitModel` train in `stage` (0-based): all of them here."""
 
@@ -86,8 +93,10 @@ class TwoStageLoss(JointLoss):
     `de3.models.layer_cache`), instead of running the backbone at every step.
     `stage1_ckpt`: a checkpoint whose backbone and final exit are a finished stage 1 (any de3
     checkpoint of a two-stage scheme on the same task and backbone: stage 2 leaves them as stage 1
-    made them). The run starts from them and is all stage 2: DeeBERT and FastBERT, whose stage 1
-    is the same fine-tuning, share one.
+    made them). The run starts from them and is all stage 2: DeeBERT, FastBERT and two-stage DE³,
+    whose stage 1 is the same fine-tuning, share one. Any other multi-exit checkpoint of the task
+    and backbone (a joint scheme's) works the same way: its backbone and final exit are kept, its
+    internal exits are not read (stage 2 trains this run's own from their initialisation).
     """
 
     def __init__(
@@ -106,6 +115,9 @@ class TwoStageLoss(JointLoss):
 
     def trains_on_cached_layers(self, stage: int) -> bool:
         return self.cache_layers and stage == 1
+
+    def trains_prototypes(self, stage: int) -> bool:
+        return stage == 1  # stage 1 trains the backbone and the final exit only
 
     def enter_stage(self, stage: int, model: nn.Module) -> None:
         # Frozen, not just left out of the loss: AdamW's weight decay moves any parameter that has a gradient.
@@ -161,24 +173,65 @@ class DistillLoss(TwoStageLoss):
         return kl.sum(-1).mean(1) * t * t
 
 
-class De3Loss(JointLoss):
-    """DE³-BERT: the joint loss plus α·mean over internal layers of the DAR loss (temperature τ)."""
+class DistanceAwareRegularization(nn.Module):
+    """DE³-BERT's distance-aware regularization (DAR), added to a training scheme (the class
+    listed after this one): the scheme's loss + α·mean over internal layers of DAR (temperature
+    τ), in the stages where the scheme trains the prototype mappings (`trains_prototypes`).
+    """
 
-    def __init__(self, weighting: str = "ascending", alpha: float = 1.0, tau: float = 1.0) -> None:
-        super().__init__(weighting)
+    def __init__(self, alpha: float, tau: float, **scheme) -> None:
+        super().__init__(**scheme)
         if tau <= 0:
             raise De3Error(f"loss.tau must be positive, got {tau}")
+        if alpha < 0:
+            raise De3Error(f"loss.alpha is DAR's weight: 0 or more, got {alpha}")
         self.alpha = alpha
         self.tau = tau
 
     def forward(
         self, output: MultiExitOutput, labels: torch.Tensor, regression: bool, stage: int = 0
     ) -> dict[str, torch.Tensor]:
-        """→ the joint loss's parts, the total with α·DAR added, and "dar": [L−1] (detached)."""
+        """→ the scheme's parts, and where DAR trains: the total with α·DAR added, and "dar":
+        [L−1] (detached)."""
         if output.distances is None:
-            raise De3Error("loss=de3 needs prototypes: set model.prototypes (loss=de3 does by default)")
+            raise De3Error("DAR needs prototypes: set model.prototypes (loss=de3 and loss=de3_two_stage do)")
         parts = super().forward(output, labels, regression, stage)
-        dar = dar_loss(output.distances, labels, self.tau)
-        parts["loss"] = parts["loss"] + self.alpha * dar.mean()
-        parts["dar"] = dar.detach()
+        if self.trains_prototypes(stage):
+            dar = dar_loss(output.distances, labels, self.tau)
+            parts["loss"] = parts["loss"] + self.alpha * dar.mean()
+            parts["dar"] = dar.detach()
         return parts
+
+
+class De3Loss(DistanceAwareRegularization, JointLoss):
+    """DE³-BERT as one joint stage: the joint loss (weights by `weighting`) + α·DAR, DAR's
+    gradient reaching the backbone through the mapping layers unless
+    `model.prototypes.detach_backbone` stops it there."""
+
+    def __init__(self, weighting: str = "ascending", alpha: float = 1.0, tau: float = 1.0) -> None:
+        super().__init__(alpha, tau, weighting=weighting)
+
+
+class TwoStageDe3Loss(DistanceAwareRegularization, TwoStageLoss):
+    """Two-stage DE³: stage 1 is DeeBERT's (the backbone and the final exit fine-tuned on the
+    final exit's loss; `stage1_ckpt` shares a finished one); stage 2 trains the internal exits,
+    the mapping layers and the prototypes on the frozen backbone: the internal exits' task
+    losses combined by `weighting`, + α·DAR. DAR cannot reach the backbone here."""
+
+    def __init__(
+        self,
+        first_stage: float = 0.5,
+        weighting: str = "uniform",
+        alpha: float = 1.0,
+        tau: float = 1.0,
+        cache_layers: bool = True,
+        stage1_ckpt: str | None = None,
+    ) -> None:
+        super().__init__(
+            alpha,
+            tau,
+            first_stage=first_stage,
+            weighting=weighting,
+            cache_layers=cache_layers,
+            stage1_ckpt=stage1_ckpt,
+        )

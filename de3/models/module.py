@@ -170,13 +170,13 @@ class MultiExitModule(L.LightningModule):
             output = self(batch)
         else:
             output = self.model.from_pooled(self._layer_cache[batch["index"]].transpose(0, 1))
-        prototypes = self.model.prototypes
-        if prototypes is not None:
+        prototypes, stage = self.model.prototypes, self._entered_stage or 0
+        if prototypes is not None and self.loss_fn.trains_prototypes(stage):
             # A class seen for the first time gets its prototype before DAR measures distances to it.
             if prototypes.update(output.mapped.detach(), labels, only_missing=True):
                 output.distances = prototypes.distances(output.mapped)
             self._prototype_batches.append((output.mapped.detach(), labels))
-        losses = self.loss_fn(output, labels, self.task.is_regression, self._entered_stage or 0)
+        losses = self.loss_fn(output, labels, self.task.is_regression, stage)
         if not torch.isfinite(losses["loss"]):
             raise De3Error(self._nonfinite_loss_message(losses["loss"], batch_idx))
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=len(labels))
