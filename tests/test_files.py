@@ -144,3 +144,12 @@ def test_auto_guesses_other_encodings_with_a_warning(caplog):
     assert rows[1][1]["text"] == "Отличная книга: читается на одном дыхании"
     [warning] = warnings_of(caplog)
     assert "guessed cp1251" in warning and "name the encoding (task.encoding=...)" in warning
+
+
+def test_auto_reads_utf16_by_its_byte_order_mark_without_a_warning(tmp_path, caplog):
+    path = tmp_path / "excel_unicode_text.tsv"
+    path.write_text("text\tlabel\nDas Mädchen ist nett\tpos\nschön\tneg\n", encoding="utf-16")
+    with caplog.at_level(logging.INFO):
+        rows = read_rows(path, encoding="auto")
+    assert rows == read_rows(path, encoding="utf-16") and rows[0][1]["text"] == "Das Mädchen ist nett"
+    assert "detected text encoding utf_16 by its byte order mark" in caplog.text and warnings_of(caplog) == []

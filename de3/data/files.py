@@ -43,9 +43,9 @@ def _detect(path: Path, data: bytes, setting: str) -> str:
     """UTF-8 if the bytes are valid UTF-8; else cp1252 if they read as Western European text
     without a trace of mess (charset-normalizer's measure), named latin-1 where the two read the
     same: they differ only in bytes 0x80–0x9F, cp1252's punctuation (€ “ ” – …) and latin-1's C1
-    control characters, which real text does not contain; else charset-normalizer's statistical
-    guess, with a warning. (Asked first, that guess reads short Western texts with few accents
-    as cp1250, cp1251 or iso8859_10: ä as д.)"""
+    control characters, which real text does not contain; else the UTF-16/32 a byte order mark
+    names; else charset-normalizer's statistical guess, with a warning. (Asked first, that guess
+    reads short Western texts with few accents as cp1250, cp1251 or iso8859_10: ä as д.)"""
     from charset_normalizer import from_bytes  # only `auto` needs it
 
     try:
@@ -61,6 +61,9 @@ def _detect(path: Path, data: bytes, setting: str) -> str:
     best = from_bytes(data).best()
     if best is None:
         raise De3Error(f"{path}: could not detect the text encoding; name it ({setting}=latin-1, cp1252, ...)")
+    if best.bom:  # UTF-16 or UTF-32 saying so (Excel's "Unicode text", for one)
+        log.info("%s: detected text encoding %s by its byte order mark", path, best.encoding)
+        return best.encoding
     log.warning(
         "%s: neither UTF-8 nor Western European text; guessed %s (%s; non-ASCII characters: %s): "
         "if these read wrong, name the encoding (%s=...)",
