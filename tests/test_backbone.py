@@ -6,11 +6,13 @@ import io
 import pytest
 import sentencepiece
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from transformers import AutoModel, DebertaV2Config
 
 from de3.errors import De3Error
 from de3.models.backbone import EncoderBackbone, load_encoder, load_tokenizer
-from tests.conftest import MINILM_DIR, needs_minilm, tiny_bert_encoder
+from tests.conftest import MINILM_DIR, REPO, needs_minilm, tiny_bert_encoder
 
 
 def _batch(tokenizer):
@@ -37,6 +39,28 @@ def test_missing_model_errors_name_where_they_looked(tmp_path):
         load_tokenizer("x", model_type="gpt9")
     with pytest.raises(De3Error, match="pretrained weights need backbone.path"):
         load_encoder("x", model_type="bert")
+
+
+def test_fp16_stored_weights_load_in_float32_unless_asked(tmp_path):
+    tokenizer, encoder = tiny_bert_encoder()
+    encoder.half().save_pretrained(tmp_path)
+    dtypes = {
+        dtype: {p.dtype for p in load_encoder("tiny", path=str(tmp_path), dtype=dtype).parameters()}
+        for dtype in ("float32", "bfloat16", "auto")
+    }
+    assert dtypes == {"float32": {torch.float32}, "bfloat16": {torch.bfloat16}, "auto": {torch.float16}}
+    rebuilt = load_encoder("tiny", path=str(tmp_path), random_init=True)  # as a checkpoint is reloaded
+    assert {p.dtype for p in rebuilt.parameters()} == {torch.float32}
+    with pytest.raises(
+        De3Error, match=r"dtype must be one of \['float32', 'bfloat16', 'float16', 'auto'\], got 'fp16'"
+    ):
+        load_encoder("tiny", path=str(tmp_path), dtype="fp16")
+
+
+def test_every_backbone_config_defaults_to_float32_and_the_command_line_changes_it(tiny_config):
+    assert {OmegaConf.load(file).dtype for file in (REPO / "conf" / "backbone").glob("*.yaml")} == {"float32"}
+    module = instantiate(tiny_config("backbone.dtype=bfloat16").model)
+    assert {p.dtype for p in module.model.backbone.parameters()} == {torch.bfloat16}
 
 
 def saved_deberta_v3_tokenizer(directory):

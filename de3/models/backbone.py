@@ -87,6 +87,18 @@ def load_tokenizer(
     return CHAR_TOKENIZERS[model_type]()
 
 
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def _dtype_argument(name: str, dtype: str) -> dict[str, torch.dtype]:
+    """`backbone.dtype` as transformers' `dtype` argument; "auto" passes none, which keeps the
+    dtype the checkpoint's config records (transformers 5's default, so an fp16-stored copy
+    would train with fp16 master weights)."""
+    if dtype not in DTYPES:
+        raise De3Error(f"backbone {name!r}: dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    return {} if dtype == "auto" else {"dtype": getattr(torch, dtype)}
+
+
 def load_encoder(
     name: str,
     path: str | None = None,
@@ -94,10 +106,14 @@ def load_encoder(
     random_init: bool = False,
     config_overrides: Mapping[str, Any] | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    dtype: str = "float32",
     **_: Any,
 ) -> PreTrainedModel:
     """A Hugging Face encoder (`AutoModel`): pretrained weights from `path`, or random weights
-    (`random_init`) from `path`'s config or from `model_type` with `config_overrides`."""
+    (`random_init`) from `path`'s config or from `model_type` with `config_overrides`; its
+    weights in `dtype` (float32 by default, as Hugging Face's Trainer keeps master weights,
+    whatever the checkpoint stores; "auto": as stored)."""
+    dtype_argument = _dtype_argument(name, dtype)
     overrides = dict(config_overrides or {})
     if path is None:
         if model_type is None:
@@ -111,10 +127,12 @@ def load_encoder(
         _require_supported_path(name, path)
         config = _from_pretrained(AutoConfig, name, path, **overrides)
     if random_init:
-        return _without_pooler(AutoModel.from_config(config))
+        return _without_pooler(AutoModel.from_config(config, **dtype_argument))
     if path is None:
         raise De3Error(f"backbone {name!r}: pretrained weights need backbone.path (or set backbone.random_init=true)")
-    encoder, loading = _from_pretrained(AutoModel, name, path, config=config, output_loading_info=True)
+    encoder, loading = _from_pretrained(
+        AutoModel, name, path, config=config, output_loading_info=True, **dtype_argument
+    )
     if any(key.startswith("pooler.") for key in loading["missing_keys"]):
         return _without_pooler(encoder)
     return encoder
