@@ -1,4 +1,7 @@
-"""Exits start from the backbone's pretrained pooler (DeeBERT's highway exits do), where it has one."""
+"""Exits start from the backbone's pretrained pooler (DeeBERT's highway exits do), where it has one and
+the exits read the first token as it did."""
+
+import logging
 
 import pytest
 import torch
@@ -37,6 +40,20 @@ def test_last_exit_starts_as_the_pretrained_pooler(tmp_path, init_from_pooler):
     assert model.backbone.encoder.pooler is None  # the module is dropped, its weights kept
     for start in starts:
         assert torch.allclose(start, expected, atol=1e-6) == init_from_pooler
+
+
+def test_exits_reading_the_token_mean_do_not_start_as_the_first_token_pooler(tmp_path, caplog):
+    saved_bert(tmp_path, with_pooler=True)
+    backbone = EncoderBackbone(load_encoder("tiny", path=str(tmp_path)))
+    pooler = backbone.pretrained_pooler.weight
+    with caplog.at_level(logging.INFO, logger="de3.models.multi_exit"):
+        mean = MultiExitModel(backbone, 2, pooling="mean")
+    assert not any(torch.equal(head.dense.weight, pooler) for head in mean.exits)
+    assert [r.getMessage() for r in caplog.records] == [
+        "exits start with random dense layers, not the pretrained pooler: it was trained on the first token "
+        "and the exits read the mean pooling"
+    ]
+    assert all(torch.equal(head.dense.weight, pooler) for head in MultiExitModel(backbone, 2, pooling="cls").exits)
 
 
 def test_no_pooler_to_start_from_when_weights_hold_none_or_are_random(tmp_path):

@@ -4,6 +4,7 @@ internal exits (BADGE). Both are switches on the one model, and combine."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,8 @@ from de3.models.backbone import EncoderBackbone
 from de3.models.bypass import BlockBypasses
 from de3.models.exits import POOLINGS, ExitHead, pool
 from de3.models.prototypes import PrototypicalNetworks
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,7 +40,8 @@ class MultiExitModel(nn.Module):
     that layer-by-layer early-exit inference calls after each layer. `prototypes` is None
     unless the model was built with `prototypes` settings (DE³); `bypass` is None unless
     built with `bypass` settings whose `enabled` is true (BADGE). With `init_from_pooler`, every
-    exit's dense layer starts as the backbone's trained pooler, where it has one.
+    exit's dense layer starts as the backbone's trained pooler, where it has one and the exits
+    read the first token as that pooler did (`pooling="cls"`).
     """
 
     def __init__(
@@ -59,8 +63,15 @@ class MultiExitModel(nn.Module):
             ExitHead(backbone.hidden_size, num_outputs, dropout) for _ in range(backbone.num_layers)
         )
         if init_from_pooler and backbone.pretrained_pooler is not None:
-            for head in self.exits:  # as DeeBERT's highway exits start
-                head.dense.load_state_dict(backbone.pretrained_pooler.state_dict())
+            if pooling == "cls":
+                for head in self.exits:  # as DeeBERT's highway exits start
+                    head.dense.load_state_dict(backbone.pretrained_pooler.state_dict())
+            else:
+                log.info(
+                    "exits start with random dense layers, not the pretrained pooler: it was trained on the "
+                    "first token and the exits read the %s pooling",
+                    pooling,
+                )
         self.prototypes = (
             None
             if prototypes is None
