@@ -20,7 +20,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from de3.callbacks.wandb_run_id import stored_wandb_run_id
 from de3.data.custom import complete_custom_task
+from de3.data.datamodule import seeded_subset
 from de3.data.inputs import read_inputs
+from de3.data.sources import Example
 from de3.data.splits import load_splits, write_split_rows
 from de3.data.tasks import TaskSpec, task_from_config
 from de3.errors import De3Error
@@ -31,7 +33,7 @@ from de3.models.module import MultiExitModule
 from de3.predictor import EarlyExitPredictor
 from de3.results import class_results, print_results, save_results
 from de3.sweep import score
-from de3.thresholds import FILENAME, RunThresholds, resolve_exit_setting
+from de3.thresholds import FILENAME, RunThresholds, recorded_run, resolve_exit_setting
 from de3.utils.io import csv_text, write_text_atomic
 from de3.utils.provenance import git_commit
 
@@ -141,9 +143,20 @@ def train(cfg: DictConfig) -> float:
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
     if trainer.interrupted:
         raise De3Error("training was interrupted; no results were written")
+    checkpoint = checkpoint_to_evaluate(trainer)
+    trainer.validate(model, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
+    return _report(cfg, model, trainer, checkpoint, started)
+
+
+def checkpoint_to_evaluate(trainer: L.Trainer) -> str | None:
+    """The best checkpoint; where none was chosen (`trainer.max_steps` stopped training before
+    its first validation), the latest one saved (`last.ckpt`), so that the sweep runs on weights
+    that a file holds and `thresholds.json` can name. None when no checkpoint was saved."""
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-    return _report(cfg, model, trainer, best or None, started)
+    if best:
+        return best
+    latest = [callback.best_model_path for callback in trainer.checkpoint_callbacks if callback.monitor is None]
+    return next((path for path in latest if path), None)
 
 
 def sweep(cfg: DictConfig) -> float:
@@ -158,7 +171,9 @@ def sweep(cfg: DictConfig) -> float:
     if cfg.get("run_dir"):
         run = RunThresholds.read(Path(cfg.run_dir).expanduser() / FILENAME)
         checkpoint = checkpoint or run.recorded_checkpoint()
-        _use_recorded_params(cfg, run, command_line_overrides())
+        overrides = command_line_overrides()
+        _use_recorded_params(cfg, run, overrides)
+        _use_recorded_rows(cfg, run, overrides)
     model = MultiExitModule.from_checkpoint(checkpoint)
     datamodule = build_datamodule(cfg, model.task, model.tokenizer, "validate")
     trainer = build_trainer(cfg)
@@ -187,6 +202,16 @@ def _use_recorded_params(cfg: DictConfig, run: RunThresholds, overrides: dict[st
             for key, value in (run.params(rule) or {}).items():
                 if not _given(overrides, f"exit.params.{rule}.{key}"):
                     params[key] = value
+
+
+def _use_recorded_rows(cfg: DictConfig, run: RunThresholds, overrides: dict[str, str]) -> None:
+    """Set `data.max_seq_length`, `data.eval_limit` and `data.seed` (which draws that subset) to
+    what `run` recorded, except those the command line sets: a sweep again sees the same inputs."""
+    recorded = {"max_seq_length": run.max_seq_length, "eval_limit": run.eval_limit, "seed": run.data_seed}
+    with open_dict(cfg):
+        for key, value in recorded.items():
+            if value is not None and not _given(overrides, f"data.{key}"):
+                cfg.data[key] = value
 
 
 def _check_checkpoint_matches(module: MultiExitModule, overrides: dict[str, str]) -> None:
@@ -245,6 +270,7 @@ def predict(cfg: DictConfig) -> float:
         examples = read_inputs(settings.input, settings.text_columns or task.local.text_columns, encoding)
     else:
         examples = load_splits(task, [settings.split], cfg.data.data_dir, cfg.data.source)[settings.split]
+        examples = _rows_swept(cfg, task, settings.split, examples)
     started = time.perf_counter()
     out = predictor.predict([e.texts for e in examples])
     elapsed = time.perf_counter() - started
@@ -276,6 +302,28 @@ def predict(cfg: DictConfig) -> float:
         for name, value in score(task, out.prediction, labels).items():
             log.info("%s on %s: %.4f", name, settings.split or settings.input, value)
     return speedup
+
+
+def _rows_swept(cfg: DictConfig, task: TaskSpec, split: str, examples: list[Example]) -> list[Example]:
+    """The rows of `split` the sweep scored: of an eval split, the seeded subset of the
+    `data.eval_limit` that `thresholds.json` recorded (unless the command line sets
+    data.eval_limit), so that predicting the recorded split reproduces its speed-ups exactly;
+    else every row."""
+    if _given(command_line_overrides(), "data.eval_limit"):
+        return seeded_subset(examples, cfg.data.eval_limit, cfg.data.seed)
+    run = recorded_run(cfg.get("run_dir"), cfg.get("ckpt_path"))
+    if run is None or run.eval_limit is None or split not in task.eval_splits:
+        return examples
+    log.info(
+        "predict.split=%s: the %d of %d rows the sweep scored (data.eval_limit=%d, seed %d, recorded in %s)",
+        split,
+        min(run.eval_limit, len(examples)),
+        len(examples),
+        run.eval_limit,
+        run.data_seed,
+        run.path,
+    )
+    return seeded_subset(examples, run.eval_limit, run.data_seed)
 
 
 def serve(cfg: DictConfig) -> None:

@@ -15,18 +15,20 @@ from hydra.core.global_hydra import GlobalHydra
 from de3.errors import De3Error, find_user_error
 from de3.exit_cache import load_exit_caches
 from de3.jobs import build_predictor, predict, sweep, train
-from de3.models.exit_rules import decide, get_rule, rule_indicator
+from de3.models.exit_rules import RULES, decide, get_rule, rule_indicator
 from de3.predictor import EarlyExitPredictor
+from de3.thresholds import INDICATOR_RANGES
 from tests.conftest import compose_config, tiny_overrides
 
-# Parameters other than the config's defaults (dge window 1, pcee patience 2): a predictor
-# that fell back to the defaults would not reproduce the sweep.
-SWEPT = ["exit.params.dge.window=2", "exit.params.pcee.patience=1"]
+# Parameters other than the config's defaults (dge window 1, pcee patience 2), an input length
+# other than the default 128 (the fake RTE pairs have 47 to 58 tokens) and 8 of the 10
+# validation rows: a predictor or a sweep that fell back to the defaults would not reproduce it.
+SWEPT = ["exit.params.dge.window=2", "exit.params.pcee.patience=1", "data.max_seq_length=32", "data.eval_limit=8"]
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, glue_dir):
-    """A trained and swept 3-layer tiny model on fake RTE (10 validation examples)."""
+    """A trained and swept 3-layer tiny model on fake RTE (8 of its 10 validation examples)."""
     folder = tmp_path_factory.mktemp("run")
     train(
         compose_config(
@@ -62,7 +64,8 @@ def test_thresholds_json_records_checkpoint_split_length_and_params(run_dir):
     best = Path(json.loads((run_dir / "results.json").read_text())["checkpoint"])
     assert deploy["checkpoint"]["path"] == str(best.relative_to(run_dir)) == f"checkpoints/{best.name}"
     assert deploy["checkpoint"]["sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()
-    assert deploy["split"] == "validation" and deploy["max_seq_length"] == 128
+    assert deploy["split"] == "validation" and deploy["max_seq_length"] == 32
+    assert (deploy["eval_limit"], deploy["data_seed"]) == (8, 42)
     assert deploy["rules"]["dge"]["params"] == {"divergence": "js", "window": 2}
     assert deploy["rules"]["pcee"]["params"] == {"patience": 1}
 
@@ -103,7 +106,7 @@ def test_recorded_params_are_used_unless_the_command_line_sets_them(run_dir, con
         in caplog.text
     )
     assert build_predictor(config(*base, "data.max_seq_length=16")).max_seq_length == 16
-    assert build_predictor(config(*base)).max_seq_length == 128
+    assert build_predictor(config(*base)).max_seq_length == 32
 
 
 def test_a_checkpoint_other_than_the_recorded_one_is_refused_with_a_target(run_dir, config, tmp_path):
@@ -133,7 +136,7 @@ def test_from_run_api(run_dir, caplog):
     assert (predictor.threshold, predictor.params, predictor.max_seq_length) == (
         point["threshold"],
         {"patience": 1},
-        128,
+        32,
     )
     out = predictor.predict([("A man sleeps.", "Someone rests.")])
     assert out.exit_layer.shape == (1,)
@@ -153,6 +156,7 @@ def test_sweep_from_run_dir_sweeps_the_recorded_checkpoint(run_dir, config, tmp_
         "path": str(run_dir / original["checkpoint"]["path"]),  # outside this run folder: absolute
         "sha256": original["checkpoint"]["sha256"],
     }
+    assert (again["max_seq_length"], again["eval_limit"], again["data_seed"]) == (32, 8, 42)  # not the defaults
     assert again["rules"] == original["rules"]
     sweep(config("mode=sweep", f"run_dir={run_dir}", "exit.params.dge.window=1"))
     rules = json.loads((tmp_path / "thresholds.json").read_text())["rules"]
@@ -179,9 +183,110 @@ def test_predict_an_input_file_and_bad_input(run_dir, config, tmp_path):
         ([f"predict.input={tmp_path / 'bad.txt'}", "exit.threshold=0.5"], "bad.txt:2: not valid UTF-8"),
         ([f"predict.input={inputs}", "exit.threshold=0.5", "task=mrpc"], "trained with task=rte, not task=mrpc"),
         (["predict.split=validation"], "exactly one of exit.threshold and exit.target_speedup"),
-        (["predict.split=validation", "exit.target_speedup=1.7"], "no threshold reaching 1.7×"),
+        (["predict.split=validation", "exit.target_speedup=3.5"], "rule 'entropy' reaches at most 3×"),
         (["predict.split=validation", "exit.rule=edr", "exit.threshold=0.5"], "does not apply to this model"),
     ]:
         with pytest.raises(Exception) as info:
             predict(config(*base, *overrides))
         assert message in str(find_user_error(info.value))
+
+
+def test_a_run_stopped_before_its_first_validation_deploys_the_checkpoint_it_swept(config, tmp_path):
+    """`trainer.max_steps=2` of 6 steps per epoch: no validation, so no best checkpoint; the
+    sweep runs on last.ckpt, and thresholds.json names it."""
+    train(config("task=rte", "trainer.max_steps=2", "data.batch_size=4"))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+    assert recorded(tmp_path)["checkpoint"] == {
+        "path": "checkpoints/last.ckpt",
+        "sha256": hashlib.sha256(last.read_bytes()).hexdigest(),
+    }
+    assert json.loads((tmp_path / "results.json").read_text())["checkpoint"] == str(last)
+    (target, point), *_ = reached(tmp_path, "entropy")
+    overrides = ["mode=predict", f"run_dir={tmp_path}", "exit.rule=entropy", f"exit.target_speedup={target}"]
+    assert predict(config(*overrides, "predict.split=validation")) == point["speedup"]
+
+
+def sweep_rows(run_dir, rule):
+    """(threshold, speed-up) of every point `rule` reached in the sweep of the recorded split."""
+    with (run_dir / "sweep.csv").open(newline="") as handle:
+        return [
+            (float(row["threshold"]), float(row["speedup"]))
+            for row in csv.DictReader(handle)
+            if row["split"] == "validation" and row["rule"] == rule
+        ]
+
+
+@pytest.mark.parametrize("target", ["1.25", "1.7", "2.4"])
+def test_any_target_the_sweep_covers_is_the_slowest_threshold_reaching_it(target, run_dir, config, tmp_path, caplog):
+    swept = sweep_rows(run_dir, "entropy")
+    slowest = min(s for _, s in swept if s >= float(target))
+    base = ["mode=predict", f"run_dir={run_dir}", "exit.rule=entropy", f"exit.target_speedup={target}"]
+    with caplog.at_level(logging.INFO):
+        speedup = predict(config(*base, "predict.split=validation"))
+    threshold = build_predictor(config(*base)).threshold
+    assert speedup == slowest and (threshold, slowest) in swept
+    assert f"exit.target_speedup={target}: rule entropy, threshold {threshold:.6g}, which reached {slowest:.4f}×" in (
+        caplog.text
+    )
+
+
+def test_a_whole_number_target_from_the_command_line_is_the_recorded_one(run_dir, config, tmp_path):
+    """`exit.target_speedup=2` arrives as an int: it is the target the sweep recorded as "2.0",
+    from the curve or, in a thresholds.json written before curves, from its targets."""
+    point = recorded(run_dir)["rules"]["entropy"]["thresholds"]["2.0"]
+    base = ["mode=predict", "exit.rule=entropy", "exit.target_speedup=2"]
+    assert build_predictor(config(*base, f"run_dir={run_dir}")).threshold == point["threshold"]
+    without_curves = recorded(run_dir)
+    for entry in without_curves["rules"].values():
+        del entry["curve"]
+    without_curves["checkpoint"]["path"] = str(run_dir / without_curves["checkpoint"]["path"])
+    (tmp_path / "thresholds.json").write_text(json.dumps(without_curves))
+    cfg = config(*base, f"run_dir={tmp_path}")
+    assert isinstance(cfg.exit.target_speedup, int)
+    assert build_predictor(cfg).threshold == point["threshold"]
+    with pytest.raises(De3Error, match=r"no threshold reaching 1.7×; targets reached: \['1.5', '2.0'"):
+        build_predictor(config("mode=predict", "exit.rule=entropy", "exit.target_speedup=1.7", f"run_dir={tmp_path}"))
+
+
+ENTRY = {"params": {}, "thresholds": {"1.5": {"threshold": 0.3, "speedup": 1.6}}, "curve": [[0.3, 1.6]]}
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        ({"entropy": {"thresholds": ENTRY["thresholds"]}}, "rules.entropy.params: Field required"),
+        ({"entropy": {**ENTRY, "params": []}}, "rules.entropy.params: Input should be an object"),
+        ({"entropy": {**ENTRY, "thresholds": {"1.5": 0.3}}}, "rules.entropy.thresholds.1.5: Input should be"),
+        ({"entropy": {**ENTRY, "thresholds": {"1.5": {"threshold": 0.3}}}}, "thresholds.1.5.speedup: Field required"),
+        ({"entropy": {**ENTRY, "curve": [[0.3]]}}, "rules.entropy.curve.0"),
+        ({"entropy": {**ENTRY, "curve": [[0.3, 0.5]]}}, "greater than or equal to 1"),
+        ([ENTRY], "rules: Input should be an object"),
+        ({"fastest": ENTRY}, "rules.fastest: unknown exit rule 'fastest'"),
+        ({"edr": {**ENTRY, "params": {"lam": -1}}}, "rules.edr: exit.params.edr.lam=-1: Input should be greater"),
+        (
+            {"entropy": {**ENTRY, "thresholds": {"1.5": {"threshold": -0.5, "speedup": 1.6}}}},
+            "rules.entropy.thresholds.1.5: threshold -0.5: rule entropy's indicator lies in [0, 1]",
+        ),
+        ({"edr": {**ENTRY, "params": {"lam": 1.0}, "curve": [[-0.1, 1.0]]}}, "rules.edr.curve[0]: threshold -0.1"),
+        ({"dge": {**ENTRY, "params": {"divergence": "js", "window": 1}, "curve": [[-1.0, 1.0]]}}, "lies in [0, inf]"),
+        ({"patience": {**ENTRY, "params": {"delta": 0.1}, "curve": [[0.0, 1.0]]}}, "a threshold is a count ≥ 1"),
+        ({"entropy": {**ENTRY, "thresholds": {"fast": None}}}, "rules.entropy.thresholds: 'fast' is not a target"),
+    ],
+)
+def test_a_malformed_thresholds_json_is_refused_in_one_line_naming_the_entry(rules, message, tmp_path):
+    path = tmp_path / "thresholds.json"
+    path.write_text(json.dumps({"checkpoint": None, "split": "validation", "max_seq_length": 64, "rules": rules}))
+    with pytest.raises(De3Error) as info:
+        EarlyExitPredictor.from_run(tmp_path, "entropy", target_speedup=1.5)
+    assert str(info.value).startswith(f"{path} is not a de3 thresholds.json: ") and "\n" not in str(info.value)
+    assert message in str(info.value)
+
+
+def test_a_threshold_below_the_indicators_range_is_refused_from_the_command_line(run_dir, config):
+    with pytest.raises(De3Error, match=r"exit.threshold=-0.5: rule entropy's indicator lies in \[0, 1\]"):
+        build_predictor(config("mode=predict", f"run_dir={run_dir}", "exit.rule=entropy", "exit.threshold=-0.5"))
+
+
+def test_every_rule_has_its_indicators_range():
+    assert set(INDICATOR_RANGES) == set(RULES)

@@ -38,8 +38,9 @@ class ExitSweep(L.Callback):
     parameters) at `num_thresholds` data-chosen thresholds plus `extra_thresholds`.
 
     Writes `sweep.csv`, `sweep.png`, `summary.md`, `thresholds.json` (per rule, its parameters
-    and the threshold reaching each of `target_speedups` on the first eval split, with that
-    split, the checkpoint the trainer loaded and the input length) and `exit_cache.pt`. The
+    and the threshold reaching each of `target_speedups` on the first eval split, and every
+    threshold's speed-up there; with that split, its rows (`data.eval_limit`), the checkpoint
+    the trainer loaded and the input length) and `exit_cache.pt`. The
     other eval splits are also scored at those thresholds (`summary.md`: "deployed"): with a
     calibration split first, dev's calibrated reading beside its oracle one.
     """
@@ -79,12 +80,16 @@ class ExitSweep(L.Callback):
         first_cache = next(iter(caches.values()))
         cost = cost_markdown(model, float(first_cache.lengths.double().mean()))
         deploy_split = next(iter(summary))  # the split the deployed thresholds are chosen on
+        data = trainer.datamodule
         deploy = thresholds_document(
             summary[deploy_split]["rules"],
+            rows,
             deploy_split,
-            trainer.ckpt_path or pl_module.checkpoint_path,  # fit → validate(best), or mode=sweep
+            trainer.ckpt_path or pl_module.checkpoint_path,  # fit → validate(best or last), or mode=sweep
             self.output_dir,
-            getattr(trainer.datamodule, "max_seq_length", None),
+            getattr(data, "max_seq_length", None),
+            getattr(data, "eval_limit", None),
+            getattr(data, "seed", None),
         )
         try:
             self._write(rows, summary, full_depth, caches, task.main_metric, model.num_layers, cost, deploy)
