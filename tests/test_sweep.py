@@ -19,6 +19,7 @@ from de3.sweep import (
     add_deployed_readings,
     frontier_area,
     frontier_score,
+    full_depth_scores,
     pareto_mask,
     reaching,
     summarize,
@@ -26,6 +27,7 @@ from de3.sweep import (
     sweep_split,
     sweep_splits,
 )
+from de3.thresholds import RunThresholds, thresholds_document
 
 FLOPS = FlopsModel(hidden_size=8, intermediate_size=16, num_layers=4, exit_head=100, prototype=10)
 ALL_RULES = {
@@ -98,6 +100,33 @@ def test_pareto_reaching_and_area():
     at = summary["validation"]["rules"]["entropy"]["targets"]["1.5"]
     assert (at["acc"], at["speedup"], at["interpolated"]) == (0.8, 1.6, True)
     assert at["frontier"] == pytest.approx(0.9 - 0.1 * 0.5 / 0.6)
+
+
+def test_among_thresholds_of_equal_speedup_the_largest_is_the_one_recorded(tmp_path):
+    """Three thresholds reach 1.6×: 0.35 is recorded, by `reaching`, by the summary and by a
+    target the sweep did not fix (read from thresholds.json's curve)."""
+    rows = [
+        {"split": "validation", "rule": "entropy", "params": "{}", "threshold": t, "speedup": s, "acc": 0.5}
+        for t, s in [(0.1, 1.0), (0.3, 1.6), (0.35, 1.6), (0.32, 1.6), (0.4, 2.0)]
+    ]
+    assert reaching(rows, 1.5)["threshold"] == 0.35
+    summary = summarize(rows, "acc", [1.5])
+    assert summary["validation"]["rules"]["entropy"]["targets"]["1.5"]["threshold"] == 0.35
+    deploy = thresholds_document(summary["validation"]["rules"], rows, "validation", None, tmp_path, 128)
+    (tmp_path / "thresholds.json").write_text(json.dumps(deploy))
+    assert RunThresholds.read(tmp_path / "thresholds.json").point("entropy", 1.2)["threshold"] == 0.35
+
+
+def test_full_depth_is_the_last_exits_own_score():
+    """Exit L is always right, exit L−1 always wrong: the reference every early-exit score is
+    compared against is the last exit's."""
+    labels = torch.tensor([0, 1, 1, 0])
+    right = torch.nn.functional.one_hot(labels, 2).float()
+    cache = ExitCache(logits=torch.stack([right, 1 - right, right]), labels=labels, lengths=torch.full((4,), 5))
+    assert full_depth_scores(GLUE_TASKS["rte"], cache) == {"accuracy": 1.0}
+    summary = summarize(sweep_split("validation", cache, GLUE_TASKS["rte"], {"entropy": {}}, None), "accuracy", [1.5])
+    full_depth = {"validation": full_depth_scores(GLUE_TASKS["rte"], cache)}
+    assert "(full depth: 100.00)" in summary_markdown(summary, "accuracy", full_depth, [1.5])
 
 
 def test_a_coarse_grid_is_read_where_its_frontier_passes_the_target():
