@@ -102,6 +102,14 @@ def test_calibration_split_is_stratified_seeded_disjoint_and_at_least_its_minimu
     assert len(larger["calibration"]) == 20
 
 
+def test_train_alone_is_the_training_file_without_the_calibration_rows(glue_80):
+    """As `predict.split=train` loads it: the rows trained on, not the whole file."""
+    spec = sst2(calibration_fraction=0.1, calibration_min_examples=20, split_seed=3)
+    both = load_splits(spec, ["train", "calibration"], glue_80)
+    alone = load_splits(spec, ["train"], glue_80)["train"]
+    assert [e.where for e in alone] == [e.where for e in both["train"]] and len(alone) == 60
+
+
 def test_a_file_too_small_for_the_minimum_keeps_half_for_training_and_says_so(glue_80, caplog):
     with caplog.at_level(logging.WARNING):
         parts = load_splits(
