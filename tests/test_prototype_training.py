@@ -12,7 +12,7 @@ from de3.models.multi_exit import MultiExitModel
 from de3.models.prototypes import dar_loss
 from tests.conftest import tiny_bert_encoder, trained_weights
 
-GAMMA = 0.5
+GAMMA = 0.3  # not 0.5, where the EMA's two weights (1 − γ and γ) are equal and a swap goes unseen
 
 
 class RecordingLoss(torch.nn.Module):
