@@ -3,12 +3,17 @@ the library (a new key in the batches, a renamed argument) must break here, not 
 benchmark session."""
 
 import argparse
+import json
+import shutil
+import sys
 
 import pytest
 
 from benchmarks.early_exit_latency import RULES_TIMED, TARGETS, bench_model, sst2_timing_model
 from benchmarks.exit_step_cost import STEPS, sst2_one_at_a_time, step_costs, table
+from benchmarks.glue_tradeoff import run as driver
 from de3.models.backbone import load_encoder, load_tokenizer
+from de3.sweep import frontier_area
 
 
 def tiny_encoder():
@@ -53,3 +58,73 @@ def test_step_costs_split_each_rules_pass_into_its_steps_and_put_the_functions_b
     assert len(table(costs)) == 2 + len(RULES_TIMED)
     # the clocks are gone: the model calls its own methods again
     assert "layer" not in vars(model.backbone) and "map_layer" not in vars(model.prototypes)
+
+
+TINY_BUDGET = ("backbone=tiny_bert", "backbone.config_overrides.num_hidden_layers=3", "debug=fast", "logger=csv")
+TINY_BUDGET += ("task.calibration_fraction=0.1", "task.calibration_min_examples=4", "data.batch_size=8")
+
+
+def test_de3_tuning_tries_its_recipes_picks_by_calibration_area_and_plans_de3_tuned(
+    glue_dir, tmp_path, monkeypatch, capsys
+):
+    """The DE³ tuning plan on a tiny encoder: its three recipes (the protocol's de3 is its own
+    tuning run), the pick written to tuned.json beside the learning rates, and `de3-tuned`
+    planned with it on every task. One recipe trains for real (two-stage, which trains its own
+    stage 1 when DeeBERT's checkpoint is gone); the other two are given its outputs."""
+    monkeypatch.setattr(driver, "budget", lambda task: (*TINY_BUDGET, f"data.data_dir={glue_dir}"))
+    monkeypatch.setattr(driver, "TUNED", tmp_path / "tuned.json")
+    picked = {"de3": driver.CONFIGS[2], "deebert": driver.CONFIGS[1], "fastbert": driver.CONFIGS[1]}
+    driver.TUNED.write_text(json.dumps({"task": "sst2", "criterion": "area", "tried": {}, "picked": picked}))
+    out, kept = tmp_path / "out", tmp_path / "kept"
+    jobs = driver.de3_tuning_jobs(out, picked)
+    assert [(j.method, j.experiment, j.extra) for j in jobs] == [
+        ("de3", "de3", (picked["de3"],)),
+        ("de3-tuned", "de3_two_stage", (picked["deebert"],)),
+        ("de3-tuned", "de3_detached", (picked["de3"], f"loss.alpha={driver.DETACHED_ALPHA}")),
+    ]
+    assert jobs[0].directory == driver.tuning_run_dir(out / "tuning", "de3", picked["de3"])  # --tune's own run
+    assert jobs[1].stage_one_in == driver.tuning_run_dir(out / "tuning", "deebert", picked["deebert"])
+    driver.run_all([jobs[1]], out, kept)
+    command = (jobs[1].directory / "job.log").read_text().splitlines()[0]
+    assert f"experiment=de3_two_stage task=sst2 seed=42 {' '.join(TINY_BUDGET)}" in command
+    assert f"trainer.max_epochs={2 * driver.EPOCHS} {picked['deebert']}" in command  # its own stage 1
+    two_stage = driver.kept_folder(jobs[1], out, kept)
+    assert (two_stage / driver.LAMBDA_FILE).is_file()  # EDR's λ, as for de3
+    for job in (jobs[0], jobs[2]):
+        shutil.copytree(two_stage, driver.kept_folder(job, out, kept))
+
+    monkeypatch.setattr(sys, "argv", ["run", "--tune-de3", "--out", str(out), "--kept", str(kept)])
+    driver.main()  # every recipe finished: nothing runs again, the pick is written
+    tuned = json.loads(driver.TUNED.read_text())
+    assert tuned["picked"] == picked  # the learning rates stay as they were chosen
+    recipes = tuned["recipes"]["de3-tuned"]
+    assert list(recipes["tried"]) == list(driver.DE3_RECIPES)
+    run = driver.calibration_points(two_stage)
+    upto = max(s for s, _ in run)
+    assert recipes["tried"] == dict.fromkeys(driver.DE3_RECIPES, frontier_area(run, upto))
+    assert recipes["picked"] == "joint"  # a tie goes to the first
+    assert recipes["configurations"]["detached"] == " ".join(jobs[2].overrides())
+    assert f"1×–{upto:.2f}×" in recipes["criterion"]
+
+    for name, recipe in driver.DE3_RECIPES.items():
+        monkeypatch.setattr(driver, "tuned_recipe", lambda name=name: name)
+        planned = driver.main_jobs(out, ["rte", "stsb"], ["deebert", "de3-tuned"], [42])
+        tuned_jobs = [j for j in planned if j.method == "de3-tuned"]
+        assert [j.task for j in tuned_jobs] == ["rte"]  # prototypes need classes: no STS-B run
+        job = tuned_jobs[0]
+        assert job.directory == driver.run_dir(out, "rte", "de3-tuned", 42) and job.experiment == recipe.experiment
+        assert job.extra == (picked[recipe.lr_of], *recipe.overrides)
+        staged = recipe.stage_one_of is not None
+        assert job.epochs == (2 if staged else 1) * driver.EPOCHS
+        assert job.stage_one_in == (driver.run_dir(out, "rte", "deebert", 42) if staged else None)
+        if recipe.is_protocol_de3():  # its runs are the protocol's de3 runs: nothing to train
+            monkeypatch.setattr(sys, "argv", ["run", "--methods", "de3-tuned", "--out", str(out), "--list"])
+            driver.main()
+            assert "nothing to train" in capsys.readouterr().out
+    monkeypatch.setattr(driver, "tuned_recipe", lambda: "detached")
+    listing = ["run", "--methods", "de3-tuned", "--tasks", "rte", "--out", str(out), "--kept", str(kept), "--list"]
+    monkeypatch.setattr(sys, "argv", listing)
+    driver.main()  # lists, runs nothing
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].startswith("rte de3-tuned seed42 experiment=de3_detached") and "[to run]" in listed[0]
+    assert listed[-1].startswith("0 of 3 finished; about") and not (out / "rte").exists()
