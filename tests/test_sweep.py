@@ -12,7 +12,7 @@ from omegaconf import open_dict
 from de3.callbacks.exit_sweep import ExitSweep
 from de3.data.tasks import GLUE_TASKS
 from de3.exit_cache import ExitCache, load_exit_caches
-from de3.flops import FlopsModel, layer_speedup
+from de3.flops import FlopsModel, LayerCost, layer_speedup
 from de3.jobs import sweep, train
 from de3.models.exit_rules import decide, get_rule, rule_indicator
 from de3.sweep import (
@@ -29,7 +29,7 @@ from de3.sweep import (
 )
 from de3.thresholds import RunThresholds, thresholds_document
 
-FLOPS = FlopsModel(hidden_size=8, intermediate_size=16, num_layers=4, exit_head=100, prototype=10)
+FLOPS = FlopsModel(layers=(LayerCost(per_token=4 * 8 * 8 + 2 * 8 * 16, per_pair=16),) * 4, exit_head=100, prototype=10)
 ALL_RULES = {
     "entropy": {},
     "maxprob": {},
@@ -76,7 +76,7 @@ def test_regression_sweeps_patience_only_and_extra_thresholds():
 def test_flops_and_layer_speedup():
     layers, lengths = torch.tensor([1, 4]), torch.tensor([10, 10])
     assert layer_speedup(layers, 4) == pytest.approx(8 / 5)
-    per_layer = FLOPS.layer(torch.tensor([10]))[0].item()
+    per_layer = FLOPS.layer_flops(torch.tensor([10]))[0, 0].item()
     full = 2 * (4 * per_layer + 100)
     early = (1 * per_layer + 100 + 10) + (4 * per_layer + 400 + 30)
     assert FLOPS.speedup(layers, lengths, uses_prototypes=True) == pytest.approx(full / early)

@@ -23,6 +23,7 @@ from transformers import (
 from transformers.utils import is_sentencepiece_available
 
 from de3.errors import De3Error
+from de3.flops import LayerCost
 from de3.hub import hub_unreachable, looks_like_path
 from de3.models.char_tokenizer import CHAR_TOKENIZERS
 from de3.models.encoder_families import LayerInputs, family_for, require_supported
@@ -173,9 +174,9 @@ class EncoderBackbone(nn.Module):
     def hidden_size(self) -> int:
         return self.config.hidden_size
 
-    @property
-    def intermediate_size(self) -> int:
-        return self.family.intermediate_size()
+    def layer_costs(self) -> list[LayerCost]:
+        """Multiply-adds of every layer by the family's formula (de3/flops.py)."""
+        return self.family.layer_costs()
 
     def embed(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None

@@ -8,7 +8,7 @@ The rest of de3 sees them only through `EncoderBackbone` (de3/models/backbone.py
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask, create_bidirectional_sliding_window_mask
 
 from de3.errors import De3Error
+from de3.flops import LayerCost
 
 
 @dataclass
@@ -54,6 +55,16 @@ class EncoderFamily:
 
     def intermediate_size(self) -> int:
         return self.encoder.config.intermediate_size
+
+    def plain_layer_cost(self) -> LayerCost:
+        """BERT's layer: query, key, value and output projections (4h² per token), a two-matrix
+        feed-forward (2hi), attention scores and their weighted sum (2h per query-key pair)."""
+        h = self.encoder.config.hidden_size
+        return LayerCost(per_token=4 * h * h + 2 * h * self.intermediate_size(), per_pair=2 * h)
+
+    def layer_costs(self) -> list[LayerCost]:
+        """Multiply-adds of every layer, in order (de3/flops.py)."""
+        return [self.plain_layer_cost()] * self.encoder.config.num_hidden_layers
 
     def embed(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None
@@ -99,6 +110,11 @@ class AlbertFamily(EncoderFamily):
         config = self.encoder.config
         group = int(index / (config.num_hidden_layers / config.num_hidden_groups))
         return self.encoder.encoder.albert_layer_groups[group](hidden, inputs.per_sample["mask"])
+
+    def layer_costs(self) -> list[LayerCost]:
+        """A layer runs its group's `inner_group_num` BERT layers."""
+        cost, inner = self.plain_layer_cost(), self.encoder.config.inner_group_num
+        return [LayerCost(inner * cost.per_token, inner * cost.per_pair)] * self.encoder.config.num_hidden_layers
 
 
 class DistilBertFamily(EncoderFamily):
@@ -149,6 +165,25 @@ class DebertaV2Family(EncoderFamily):
         if index == 0 and encoder.conv is not None:
             output = encoder.conv(inputs.per_sample["embeddings"], output, inputs.per_sample["padding"])
         return output
+
+    def layer_costs(self) -> list[LayerCost]:
+        """BERT's layer plus the disentangled attention: every layer projects the 2k relative
+        embeddings (k = `position_buckets`, or `max_relative_positions` without buckets) with its
+        query and key projections (2k·h² each, once per layer; with `share_att_key` both
+        always, else one per kind) and scores every token against all 2k of them for each of
+        c2p and p2c (2k·h per token each); the convolution after the first layer (h²·kernel /
+        groups per token)."""
+        encoder, h = self.encoder.encoder, self.encoder.config.hidden_size
+        cost = self.plain_layer_cost()
+        attention = encoder.layer[0].attention.self
+        if attention.relative_attention:
+            span, kinds = 2 * attention.pos_ebd_size, len(attention.pos_att_type)
+            projections = 2 if attention.share_att_key else kinds
+            cost = LayerCost(cost.per_token + kinds * span * h, cost.per_pair, fixed=projections * span * h * h)
+        costs = [cost] * len(encoder.layer)
+        if encoder.conv is not None:
+            costs[0] = replace(cost, per_token=cost.per_token + encoder.conv.conv.weight.numel())
+        return costs
 
 
 class MPNetFamily(EncoderFamily):
@@ -205,6 +240,16 @@ class ModernBertFamily(EncoderFamily):
 
     def exit_view(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.encoder.final_norm(hidden)
+
+    def layer_costs(self) -> list[LayerCost]:
+        """Query-key-value and output projections (4h² per token); the gated feed-forward, Wi to
+        2i (input and gate) and Wo back (3hi, 1.5× a plain one); a sliding-window layer's query
+        attends to the keys at most `local_attention` / 2 positions away (as a windowed kernel
+        computes them; the padded path's SDPA also computes the masked-out scores)."""
+        config = self.encoder.config
+        h, i = config.hidden_size, config.intermediate_size
+        window = {"full_attention": None, "sliding_attention": config.sliding_window}
+        return [LayerCost(4 * h * h + 3 * h * i, 2 * h, window[kind]) for kind in config.layer_types]
 
 
 FAMILIES: dict[str, type[EncoderFamily]] = {
