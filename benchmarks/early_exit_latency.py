@@ -1,93 +1,62 @@
-"""Measured latency of real early exit against the speed-up ratio it promises.
+"""Wall-clock speed-up of real early exit over the plain Hugging Face model, as a user measures it.
 
-python -m benchmarks.early_exit_latency > benchmarks/early_exit_latency.md
+python -m benchmarks.early_exit_latency --run-dir logs/runs/de3-sst2-minilm/<time> \
+    --out benchmarks/latency/cpu
 
-For each model (all-MiniLM-L6-v2, and random-weight 12-layer base-sized BERT, ALBERT and
-DeBERTa-v3 encoders: `RANDOM_MODELS`, `--models` picks) and batch size (1 and 32), on SST-2 dev
-sentences (their real lengths under MiniLM's WordPiece tokenizer, max 128):
-- full depth: every layer and the final classifier (`MultiExitModel.final_logits`);
-- early exit with each rule in `RULES_TIMED` (entropy; DE³'s EDR, which adds a mapping and C
-  prototype distances per internal layer; BADGE's DGE; `--rules` picks) at thresholds whose
-  speed-up ratio (L·N / Σ exit layers) is ≈ 1.5×, 2×, 3× on these inputs (chosen from a cached
-  pass, as the sweep does);
-- measured speed-up = full-depth time / early-exit time, divided by the ratio. The FLOPs
-  speed-up beside it weighs each sample's layers by its length (the ratio counts layers only).
-Also full depth against `AutoModelForSequenceClassification` with the same encoder weights.
-Exit heads and mappings are untrained, prototypes are the class means of one pass: the cost of
-a layer does not depend on its weights. Times are the median of `--repeats` passes over all
-inputs, one process, `--threads` threads, the variants taking turns within each repeat.
+A trained run (its checkpoint, and the thresholds its `thresholds.json` chose on the calibration
+split for each rule and target) answers the first `--samples` sentences of its task's dev split
+in batches of 1 and 32, formed longest first as `EarlyExitPredictor.predict` forms them:
+- the anchor: the encoder's own Hugging Face forward (`AutoModel`, every layer) and the final
+  exit head on its output — what a user runs without early exit;
+- the project's full-depth path: the predictor with each rule at a threshold nobody passes
+  (every layer, every exit head and rule step run);
+- real early exit with each rule (entropy, EDR, DGE, patience) at each target of thresholds.json.
+Every variant makes one pass over all batches per round; the variants take turns within each
+round (their order rotates between rounds), so that drifts of the machine hit all alike. The
+speed-up is HF's time / the variant's time within the same round; the table gives its median
+over rounds with the range, and the layer ratio (L·N / Σ exit layers) reached on these inputs,
+its limit. Every round's seconds go to `<out>.json`, the table (made from that file alone) to
+`<out>.md`.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import statistics
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
-from omegaconf import OmegaConf
-from transformers import AutoModelForSequenceClassification
 
 from benchmarks.per_exit_table import machine
 from de3.data.datamodule import TextTaskDataModule
+from de3.data.sampling import LengthSortedSampler
+from de3.data.splits import load_splits
 from de3.data.tasks import GLUE_TASKS
 from de3.exit_cache import ExitCache, collect_exit_cache
-from de3.flops import FlopsModel, layer_speedup
-from de3.models.backbone import EncoderBackbone, load_encoder, load_tokenizer
-from de3.models.exit_rules import RULES, decide, rule_indicator
+from de3.flops import layer_speedup
+from de3.models.backbone import EncoderBackbone
+from de3.models.exits import pool
 from de3.models.multi_exit import MultiExitModel
 from de3.predictor import EarlyExitPredictor
-from de3.sweep import threshold_grid
+from de3.thresholds import resolve_exit_setting
 
-RULES_TIMED = {"entropy": {}, "edr": {"lam": 1.0}, "dge": {"divergence": "js", "window": 1}}
-TARGET_RATIO = {1: 0.9, 32: 0.8}  # measured / ratio at least this, per batch size
-TARGETS = (1.5, 2.0, 3.0)
+RULES_TIMED = {"entropy": {}, "edr": {"lam": 1.0}, "dge": {"divergence": "js", "window": 1}, "patience": {}}
+# measured speed-up / layer ratio at least this, per batch size (CPU goals of the project)
+GOAL = {1: 0.9, 32: 0.85}
 ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what a batch passes to both models
-BASE_SIZE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
-# Random-weight base-sized encoders: (row label, the tiny test config whose family and settings
-# they keep, sizes besides BASE_SIZE).
-RANDOM_MODELS = {
-    "bert": ("bert-base-sized, random (12 layers)", "tiny_bert", {}),
-    "albert": ("albert-base-sized, random (12 layers, 1 shared)", "tiny_albert", {"embedding_size": 128}),
-    "deberta": ("deberta-v3-base-sized, random (12 layers)", "tiny_deberta", {}),
-}
 
 
-def timed_round_robin(fns: dict[str, object], batches, repeats: int) -> dict[str, float]:
-    """Median seconds of a pass over `batches` for each function, the functions taking turns
-    within every repeat so that drifts of the machine hit all of them alike."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            started = time.perf_counter()
-            for batch in batches:
-                fn(batch)
-            times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def predictor_call(predictor: EarlyExitPredictor):
-    return lambda batch: predictor.predict_batch(**batch)
-
-
-def thresholds_for(model, cache, rule_name: str, params) -> dict[float, tuple[float, float, float]]:
-    """For each target: (threshold, speed-up ratio, FLOPs speed-up) of the closest grid point."""
-    rule = RULES[rule_name]
-    indicator = rule_indicator(rule, cache.logits, cache.distances, params)
-    costs = FlopsModel.of(model)
-    points = []
-    for threshold in threshold_grid(rule, indicator, 400):
-        layers, _ = decide(rule, cache.logits, indicator, threshold, False)
-        points.append(
-            (
-                threshold,
-                layer_speedup(layers, cache.num_layers),
-                costs.speedup(layers, cache.lengths, rule.needs_distances),
-            )
-        )
-    return {t: min(points, key=lambda p: abs(p[1] - t)) for t in TARGETS}
+def sst2_timing_model(encoder) -> MultiExitModel:
+    """An untrained model for step costs (`exit_step_cost`): `encoder` with SST-2's exit heads
+    (CLS pooling) and prototypes, in eval mode."""
+    return MultiExitModel(EncoderBackbone(encoder), GLUE_TASKS["sst2"].num_outputs, pooling="cls", prototypes={}).eval()
 
 
 def with_class_mean_prototypes(model: MultiExitModel, loader) -> ExitCache:
@@ -95,12 +64,6 @@ def with_class_mean_prototypes(model: MultiExitModel, loader) -> ExitCache:
     cache = collect_exit_cache(model, loader, keep_mapped=True)
     model.prototypes.update(cache.mapped, cache.labels)
     return collect_exit_cache(model, loader)
-
-
-def sst2_timing_model(encoder) -> MultiExitModel:
-    """The model every timing here runs: `encoder` with SST-2's exit heads (CLS pooling) and
-    prototypes, in eval mode."""
-    return MultiExitModel(EncoderBackbone(encoder), GLUE_TASKS["sst2"].num_outputs, pooling="cls", prototypes={}).eval()
 
 
 def sst2_dev(tokenizer, glue_dir: str, samples: int) -> TextTaskDataModule:
@@ -117,100 +80,202 @@ def encoder_inputs(loader) -> list[dict]:
     return [{k: b[k] for k in ENCODER_INPUTS if k in b} for b in loader]
 
 
-def bench_model(name, encoder, tokenizer, args, lines):
-    torch.manual_seed(0)
-    task = GLUE_TASKS["sst2"]
-    model = sst2_timing_model(encoder)
-    reference = AutoModelForSequenceClassification.from_config(encoder.config).eval()
-    missing, unexpected = reference.base_model.load_state_dict(encoder.state_dict(), strict=False)
-    assert not unexpected and all("pooler" in key for key in missing), (missing, unexpected)
-    datamodule = sst2_dev(tokenizer, args.glue_dir, args.samples)
-    for batch_size in (1, 32):
-        datamodule.eval_batch_size = batch_size
-        loader = datamodule.val_dataloader()[0]
-        cache = with_class_mean_prototypes(model, loader)
-        batches = encoder_inputs(loader)
-        chosen = {rule: thresholds_for(model, cache, rule, RULES_TIMED[rule]) for rule in args.rules}
-        fns = {"full": lambda b: model.final_logits(**b), "hf": lambda b: reference(**b).logits}
-        for rule, points in chosen.items():
-            for target, (threshold, _, _) in points.items():
-                predictor = EarlyExitPredictor(model, tokenizer, task, rule, threshold, RULES_TIMED[rule])
-                fns[(rule, target)] = predictor_call(predictor)
-        with torch.no_grad():
-            seconds = timed_round_robin(fns, batches, args.repeats)
-        full, per_batch = seconds["full"], {k: f"{1000 * v / len(batches):.1f}" for k, v in seconds.items()}
-        lines.append(f"| {name} | {batch_size} | full depth | 1.00 | 1.00 | {per_batch['full']} | 1.00 | — |")
-        for rule, points in chosen.items():
-            for target, (threshold, ratio, flops) in points.items():
-                measured = full / seconds[(rule, target)]
-                verdict = measured / ratio
-                flag = "" if verdict >= TARGET_RATIO[batch_size] else " ⚠ below target"
-                lines.append(
-                    f"| {name} | {batch_size} | {rule} < {threshold:.6g} | {ratio:.2f} | {flops:.2f} | "
-                    f"{per_batch[(rule, target)]} | {measured:.2f} | **{verdict:.2f}**{flag} |"
-                )
-        lines.append(
-            f"| {name} | {batch_size} | `AutoModelForSequenceClassification` | — | — | {per_batch['hf']} | "
-            f"our full depth = **{seconds['hf'] / full:.2f}×** its throughput | — |"
-        )
+def predictor_batches(predictor: EarlyExitPredictor, texts: list, batch_size: int) -> list[dict]:
+    """`texts` tokenized and batched longest first, as `EarlyExitPredictor.predict` batches them."""
+    features = predictor.tokenize(texts)
+    order = LengthSortedSampler([len(f["input_ids"]) for f in features]).order
+    batches = []
+    for start in range(0, len(features), batch_size):
+        batch = predictor.collate([features[i] for i in order[start : start + batch_size]])
+        batches.append({k: batch[k].to(predictor.device) for k in ENCODER_INPUTS if k in batch})
+    return batches
 
 
-def random_encoder(key: str, tokenizer):
-    """A random-weight base-sized encoder of `RANDOM_MODELS[key]` → (row label, encoder)."""
-    label, tiny_config, sizes = RANDOM_MODELS[key]
-    config = OmegaConf.to_container(OmegaConf.load(f"conf/backbone/{tiny_config}.yaml"))
-    overrides = {**config["config_overrides"], **BASE_SIZE, **sizes}
-    encoder = load_encoder(
-        key, model_type=config["model_type"], random_init=True, config_overrides=overrides, tokenizer=tokenizer
-    )
-    return label, encoder
+def hugging_face_anchor(predictor: EarlyExitPredictor) -> Callable[[dict], torch.Tensor]:
+    """The plain model: the encoder's own Hugging Face forward over every layer, then the final
+    exit head on what it reads (the family's final view, pooled as the exits pool)."""
+    model = predictor.model
+    encoder, last = model.backbone.encoder, model.num_layers - 1
+
+    def forward(batch: dict) -> torch.Tensor:
+        hidden = encoder(**batch).last_hidden_state
+        pooled = pool(hidden, batch["attention_mask"], model.pooling)
+        return model.exits[last](model.read(last, pooled)).float().cpu()
+
+    return forward
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model-dir", default="../shared/models/all-MiniLM-L6-v2")
-    parser.add_argument("--glue-dir", default="../shared/data/glue")
-    parser.add_argument("--samples", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--models", nargs="+", default=["minilm", *RANDOM_MODELS], choices=["minilm", *RANDOM_MODELS])
-    parser.add_argument("--append", action="store_true", help="a section to append to the existing file")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rules", nargs="+", default=list(RULES_TIMED), choices=list(RULES_TIMED))
-    args = parser.parse_args()
-    load_before = os.getloadavg()[0]  # another job on the cores shows here, and in every timing
+def never_exits(rule_name: str, num_layers: int) -> float:
+    """A threshold no sample passes: below every indicator value, or a count no layer reaches."""
+    return float(num_layers) if rule_name == "patience" else 0.0
+
+
+def recorded_targets(run_dir: Path) -> dict[str, list[float]]:
+    """Per rule in the run's thresholds.json, the targets a threshold was found for."""
+    rules = json.loads((run_dir / "thresholds.json").read_text())["rules"]
+    return {rule: [float(t) for t, point in entry["thresholds"].items() if point] for rule, entry in rules.items()}
+
+
+def variants(
+    run_dir: Path, rules: list[str], device: str, precision: str
+) -> tuple[EarlyExitPredictor, dict[str, tuple[Callable[[dict], Any], dict]]]:
+    """A predictor of the run (its model, tokenizer, task, recorded max_seq_length) and every
+    timed variant: name → (a function of one batch, what it is). All share one copy of the model."""
+    targets = recorded_targets(run_dir)
+    base = resolve_exit_setting(rules[0], run_dir=run_dir, threshold=never_exits(rules[0], 99))
+    first = EarlyExitPredictor.from_setting(base, device=device, precision=precision)
+    timed: dict[str, tuple[Callable[[dict], Any], dict]] = {"hf": (hugging_face_anchor(first), {})}
+    for rule in rules:
+        if rule not in targets:
+            continue
+        chosen = [(None, never_exits(rule, first.model.num_layers))] + [(t, None) for t in targets[rule]]
+        for target, threshold in chosen:
+            setting = resolve_exit_setting(rule, run_dir=run_dir, threshold=threshold, target_speedup=target)
+            predictor = EarlyExitPredictor(
+                first.model,
+                first.tokenizer,
+                first.task,
+                rule,
+                setting.threshold,
+                setting.params,
+                max_seq_length=first.max_seq_length,
+                device=first.device,
+                precision=precision,
+            )
+            name = f"{rule} full depth" if target is None else f"{rule} {target:g}×"
+            timed[name] = (
+                lambda batch, p=predictor: p.predict_batch(**batch),
+                {"rule": rule, "target": target, "threshold": setting.threshold},
+            )
+    return first, timed
+
+
+def time_rounds(timed: dict, batches: list[dict], rounds: int, device: torch.device) -> dict[str, list[float]]:
+    """Seconds of one pass over `batches` per variant and round; the order rotates each round."""
+    names = list(timed)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for fn, _ in timed.values():  # warm-up: allocator, kernels, caches
+        fn(batches[0])
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = timed[name][0]
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            for batch in batches:
+                fn(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds[name].append(time.perf_counter() - started)
+    return seconds
+
+
+def layer_ratios(timed: dict, batches: list[dict], num_layers: int) -> dict[str, float]:
+    """The layer ratio each variant reaches on these inputs (from its real exit layers)."""
+    ratios = {"hf": 1.0}
+    for name, (fn, _) in timed.items():
+        if name != "hf":
+            ratios[name] = layer_speedup(torch.cat([fn(batch).exit_layer for batch in batches]), num_layers)
+    return ratios
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Every round's seconds of every variant at every batch size, with what they ran."""
+    run_dir = Path(args.run_dir)
     torch.set_num_threads(args.threads)
-    tokenizer = load_tokenizer("minilm", path=args.model_dir)
+    load_before = os.getloadavg()[0]
+    first, timed = variants(run_dir, args.rules, args.device, args.precision)
+    task = first.task
+    split = task.eval_splits[-1]  # dev: the last eval split (the first is calibration)
+    examples = load_splits(task, [split], args.glue_dir, "local")[split][: args.samples]
+    texts = [e.texts for e in examples]
+    result: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "task": task.name,
+        "split": split,
+        "samples": len(texts),
+        "num_layers": first.model.num_layers,
+        "device": str(first.device),
+        "precision": args.precision,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "machine": machine(),
+        "load_average_before": load_before,
+        "date": datetime.date.today().isoformat(),
+        "command": "python -m benchmarks.early_exit_latency " + " ".join(args.argv),
+        "batch_sizes": {},
+    }
+    for batch_size in args.batch_sizes:
+        batches = predictor_batches(first, texts, batch_size)
+        with torch.inference_mode():
+            ratios = layer_ratios(timed, batches, first.model.num_layers)
+            seconds = time_rounds(timed, batches, args.rounds, first.device)
+        result["batch_sizes"][str(batch_size)] = {
+            name: {**info, "layer_ratio": ratios[name], "seconds": seconds[name], "batches": len(batches)}
+            for name, (_, info) in timed.items()
+        }
+    return result
+
+
+def table(result: dict) -> list[str]:
+    """Markdown of `measure`'s result: per batch size and variant, ms per batch, the speed-up
+    over HF (median of the per-round ratios, min–max), the layer ratio and measured / ratio."""
     lines = [
-        "| model | batch | exit rule | speed-up ratio | FLOPs speed-up | ms per batch | measured speed-up "
-        "| measured / ratio |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        f"## {result['device']}, {result['precision']}: {result['task']} {result['split']}, "
+        f"{result['samples']} inputs, {result['num_layers']} layers",
+        "",
+        f"- Command: `{result['command']}`",
+        f"- Machine: {result['machine']}, {result['threads']} thread(s); 1-minute load average "
+        f"{result['load_average_before']:.2f} at the start",
+        f"- Date: {result['date']}; {result['rounds']} interleaved rounds; raw seconds in the .json beside this file",
+        "",
+        "| batch | variant | threshold | layer ratio | ms per batch | speed-up over HF (median, min–max) "
+        "| measured / layer ratio |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for key in args.models:
-        if key == "minilm":
-            encoder = load_encoder("minilm", path=args.model_dir)
-            bench_model("all-MiniLM-L6-v2 (6 layers)", encoder, tokenizer, args, lines)
-        else:
-            bench_model(*random_encoder(key, tokenizer), tokenizer, args, lines)
-    command = (
-        f"--models {' '.join(args.models)} --rules {' '.join(args.rules)} "
-        f"--samples {args.samples} --repeats {args.repeats} --threads {args.threads}"
-    )
-    print(
-        f"\n## {', '.join(args.models)}\n" if args.append else "# Real early-exit latency against the speed-up ratio\n"
-    )
-    print(f"- Command: `python -m benchmarks.early_exit_latency {command}{' --append' if args.append else ''}`")
-    print(
-        f"- Machine: {machine()}, {args.threads} thread(s); 1-minute load average {load_before:.2f} at the start "
-        "(near 0 when nothing else was running; well above it, another job shared the cores and timings are noisy)"
-    )
-    print(f"- Date: {datetime.date.today().isoformat()}")
-    print(
-        f"- Inputs: the first {args.samples} sentences of SST-2 dev (seeded subset), dynamic padding per batch; "
-        f"median of {args.repeats} passes. Targets: measured/ratio ≥ 0.9 at batch 1, ≥ 0.8 at batch 32; "
-        "full depth ≥ 0.95× the throughput of `AutoModelForSequenceClassification`. "
-        "Cells below their target are marked ⚠.\n"
-    )
-    print("\n".join(lines))
+    for batch_size, rows in result["batch_sizes"].items():
+        anchor = rows["hf"]["seconds"]
+        for name, row in rows.items():
+            per_round = [a / s for a, s in zip(anchor, row["seconds"])]
+            median = statistics.median(per_round)
+            ms = 1000 * statistics.median(row["seconds"]) / row["batches"]
+            threshold = "—" if name == "hf" else f"{row['threshold']:.6g}"
+            label = "HF `AutoModel` + final exit head (anchor)" if name == "hf" else name
+            verdict = "—"
+            if name != "hf" and row.get("target") is not None:
+                fraction = median / row["layer_ratio"]
+                goal = GOAL.get(int(batch_size))
+                flag = " ⚠ below goal" if goal is not None and fraction < goal else ""
+                verdict = f"**{fraction:.2f}**{flag}"
+            elif name != "hf":
+                verdict = f"full depth at {1 / median:.2f}× HF's time"
+            lines.append(
+                f"| {batch_size} | {label} | {threshold} | {row['layer_ratio']:.2f} | {ms:.2f} | "
+                f"{median:.2f}× ({min(per_round):.2f}–{max(per_round):.2f}) | {verdict} |"
+            )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", required=True, help="a training run's output folder (with thresholds.json)")
+    parser.add_argument("--glue-dir", default=os.environ.get("DE3_GLUE_DIR", "../shared/data/glue"))
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--rules", nargs="+", default=list(RULES_TIMED), choices=list(RULES_TIMED))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--out", required=True, help="path without suffix: writes <out>.json and <out>.md")
+    args = parser.parse_args(argv)
+    args.argv = argv if argv is not None else sys.argv[1:]
+    result = measure(args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    out.with_suffix(".md").write_text("\n".join(table(result)) + "\n")
+    print("\n".join(table(result)))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ prototype pictures are computed from, saved so anyone can re-simulate without th
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from de3.data.sampling import input_order
+from de3.devices import resolve_precision
 from de3.models.multi_exit import MultiExitModel
 from de3.utils.io import atomic_path
 
@@ -41,11 +43,17 @@ def collect_exit_cache(
     loader: DataLoader,
     keep_mapped: bool = False,
     description: str = "caching exit outputs",
+    precision: str = "fp32",
 ) -> ExitCache:
-    """Run `model` (in eval mode, float32 even inside autocast: the precision of validation
-    scores and of the predictor) over `loader` once and stack every exit's outputs on the CPU,
-    in the order of the loader's dataset (also when its batches are sorted by length)."""
+    """Run `model` (in eval mode, not under autocast) over `loader` once and stack every exit's
+    outputs on the CPU, in the order of the loader's dataset (also when its batches are sorted by
+    length). `precision` is what real early exit will run in (`EarlyExitPredictor`): other than
+    fp32, a copy of the model cast to it runs, so that thresholds chosen on this cache keep their
+    meaning there."""
     was_training = model.training
+    dtype = resolve_precision(precision)
+    if dtype != next(model.parameters()).dtype:
+        model = copy.deepcopy(model).to(dtype)
     model.eval()
     device = next(model.parameters()).device
     parts: dict[str, list[torch.Tensor]] = {"logits": [], "labels": [], "lengths": [], "distances": [], "mapped": []}

@@ -222,12 +222,12 @@ def _check_checkpoint_matches(module: MultiExitModule, overrides: dict[str, str]
             raise De3Error(f"the checkpoint was trained with {key}={value}, not {key}={overrides[key]}")
 
 
-def build_predictor(cfg: DictConfig) -> EarlyExitPredictor:
+def build_predictor(cfg: DictConfig, device: str = "cpu") -> EarlyExitPredictor:
     """The early-exit predictor of `mode=predict` (and serving): the model of `run_dir` (the
     checkpoint its `thresholds.json` was computed on) or of `ckpt_path`; `exit.rule` with
     `exit.threshold`, or the threshold that reached `exit.target_speedup` in the sweep. The
-    rule's parameters and `max_seq_length` are the ones the sweep recorded, unless the command
-    line sets them; `data.eval_batch_size` inputs per batch."""
+    rule's parameters, `max_seq_length` and `exit.precision` are the ones the sweep recorded, unless the command
+    line sets them; `data.eval_batch_size` inputs per batch, on `device` (`auto`: CUDA when present)."""
     rule, overrides = cfg.exit.rule, command_line_overrides()
     configured = OmegaConf.to_container(cfg.exit.params.get(rule) or OmegaConf.create(), resolve=True)
     setting = resolve_exit_setting(
@@ -238,6 +238,7 @@ def build_predictor(cfg: DictConfig) -> EarlyExitPredictor:
         target_speedup=cfg.exit.get("target_speedup"),
         params={k: v for k, v in configured.items() if _given(overrides, f"exit.params.{rule}.{k}")},
         defaults=configured,
+        precision=cfg.exit.precision if _given(overrides, "exit.precision") else None,
     )
     module = MultiExitModule.from_checkpoint(setting.checkpoint)
     _check_checkpoint_matches(module, overrides)
@@ -253,6 +254,8 @@ def build_predictor(cfg: DictConfig) -> EarlyExitPredictor:
         setting.params,
         max_seq_length=max_seq_length,
         batch_size=cfg.data.eval_batch_size,
+        device=device,
+        precision=setting.precision,
     )
 
 
@@ -263,7 +266,7 @@ def predict(cfg: DictConfig) -> float:
     settings = cfg.predict
     if (settings.input is None) == (settings.split is None):
         raise De3Error("mode=predict needs exactly one of predict.input=FILE and predict.split=SPLIT")
-    predictor = build_predictor(cfg)
+    predictor = build_predictor(cfg, settings.device)
     task = predictor.task
     if settings.input is not None:
         encoding = settings.encoding or task.local.encoding  # default: that of the files the model learnt from

@@ -131,11 +131,12 @@ class EarlyExitPredictor:
 
     @classmethod
     def from_setting(cls, setting: ExitSetting, **kwargs: Any) -> EarlyExitPredictor:
-        """Load the setting's checkpoint; inputs are truncated as in the sweep unless
-        `max_seq_length` is given."""
+        """Load the setting's checkpoint; inputs are truncated, and the model runs in the
+        precision, as in the sweep unless `max_seq_length` or `precision` is given."""
         module = MultiExitModule.from_checkpoint(setting.checkpoint)
         if setting.max_seq_length is not None:
             kwargs.setdefault("max_seq_length", setting.max_seq_length)
+        kwargs.setdefault("precision", setting.precision)
         return cls(
             module.model, module.tokenizer, module.task, setting.rule, setting.threshold, setting.params, **kwargs
         )
@@ -154,7 +155,12 @@ class EarlyExitPredictor:
         computed on, the threshold that reached `target_speedup` there (or `threshold`), and the
         rule's recorded parameters, each overridden by the one given in `params`."""
         setting = resolve_exit_setting(
-            rule, run_dir=run_dir, threshold=threshold, target_speedup=target_speedup, params=params
+            rule,
+            run_dir=run_dir,
+            threshold=threshold,
+            target_speedup=target_speedup,
+            params=params,
+            precision=kwargs.get("precision"),
         )
         return cls.from_setting(setting, **kwargs)
 
@@ -171,7 +177,12 @@ class EarlyExitPredictor:
         """Load a checkpoint; the threshold is given, or read for `target_speedup` from the
         `thresholds.json` of its run folder, which must have been computed on this very file."""
         setting = resolve_exit_setting(
-            rule, checkpoint=path, threshold=threshold, target_speedup=target_speedup, params=params
+            rule,
+            checkpoint=path,
+            threshold=threshold,
+            target_speedup=target_speedup,
+            params=params,
+            precision=kwargs.get("precision"),
         )
         return cls.from_setting(setting, **kwargs)
 

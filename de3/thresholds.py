@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -73,6 +73,8 @@ def thresholds_document(
     max_seq_length: int | None,
     eval_limit: int | None = None,
     data_seed: int | None = None,
+    precision: str = "fp32",
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """The content of `thresholds.json` for `run_dir`, from the sweep summary's rules on `split`
     and the sweep's rows (each rule's curve on `split`).
@@ -80,6 +82,7 @@ def thresholds_document(
     `checkpoint` is the file the swept model was loaded from (None: weights never saved);
     its path is recorded relative to `run_dir` when it lies inside it, else absolute.
     `eval_limit` and `data_seed`: the split was the seeded subset `seeded_subset` draws.
+    `precision` and `device` (its kind: cpu, cuda): where and how the exit cache was computed.
     """
     recorded = None
     if checkpoint is not None:
@@ -95,6 +98,8 @@ def thresholds_document(
         "max_seq_length": max_seq_length,
         "eval_limit": eval_limit,
         "data_seed": data_seed,
+        "precision": precision,
+        "device": device,
         "rules": {
             rule: {
                 "params": entry["params"],
@@ -138,6 +143,8 @@ class _File(BaseModel):
     max_seq_length: Annotated[int, Field(ge=1)] | None = None
     eval_limit: Annotated[int, Field(ge=1)] | None = None
     data_seed: int | None = None
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # files written before it was recorded: fp32
+    device: str | None = None
     rules: dict[str, _Rule]
 
     @model_validator(mode="after")
@@ -181,6 +188,8 @@ class RunThresholds:
     max_seq_length: int | None
     eval_limit: int | None
     data_seed: int | None
+    precision: str
+    device: str | None
     rules: dict[str, _Rule]
 
     @classmethod
@@ -210,6 +219,8 @@ class RunThresholds:
             max_seq_length=data.max_seq_length,
             eval_limit=data.eval_limit,
             data_seed=data.data_seed,
+            precision=data.precision,
+            device=data.device,
             rules=data.rules,
         )
 
@@ -293,14 +304,15 @@ def recorded_run(
 
 @dataclass(frozen=True)
 class ExitSetting:
-    """What a predictor runs: the checkpoint, the rule, its threshold and parameters, and the
-    input length the sweep truncated to (None where no sweep recorded it)."""
+    """What a predictor runs: the checkpoint, the rule, its threshold and parameters, the input
+    length the sweep truncated to (None where no sweep recorded it) and the precision to run in."""
 
     checkpoint: Path
     rule: str
     threshold: float
     params: dict[str, Any]
     max_seq_length: int | None = None
+    precision: str = "fp32"
 
 
 def resolve_exit_setting(
@@ -311,6 +323,7 @@ def resolve_exit_setting(
     target_speedup: float | None = None,
     params: Mapping[str, Any] | None = None,
     defaults: Mapping[str, Any] | None = None,
+    precision: str | None = None,
 ) -> ExitSetting:
     """The setting for `rule` from a run folder (its `thresholds.json` and the checkpoint it
     records) or a checkpoint (the `thresholds.json` of its run folder, where there is one).
@@ -318,7 +331,8 @@ def resolve_exit_setting(
     The threshold is `threshold`, or the recorded one that reached `target_speedup` — then the
     checkpoint must be the recorded one (same SHA-256). The parameters are those recorded for
     the rule (else `defaults`), with `params` — the user's explicit choices — over them; a
-    recorded threshold used with other parameters than its own is logged as such.
+    recorded threshold used with other parameters than its own is logged as such. `precision`
+    is the recorded one unless given; a recorded threshold run in another is logged as such too.
     """
     exit_rule = get_rule(rule)
     if (threshold is None) == (target_speedup is None):
@@ -349,6 +363,17 @@ def resolve_exit_setting(
                 threshold,
                 point["speedup"],
             )
+        if precision is not None and precision != run.precision:
+            log.warning(
+                "the thresholds in %s were chosen on an exit cache computed in %s: run in %s, threshold %.6g "
+                "no longer means the recorded %.2f× speed-up (sweep again with exit.precision=%s)",
+                run.path,
+                run.precision,
+                precision,
+                threshold,
+                point["speedup"],
+                precision,
+            )
     threshold = validate_threshold(exit_rule, threshold)
     reason = threshold_out_of_range(exit_rule, threshold)
     if reason is not None:
@@ -359,4 +384,5 @@ def resolve_exit_setting(
         threshold=threshold,
         params=chosen,
         max_seq_length=None if run is None else run.max_seq_length,
+        precision=precision or ("fp32" if run is None else run.precision),
     )

@@ -2,14 +2,16 @@
 the library (a new key in the batches, a renamed argument) must break here, not in the next
 benchmark session."""
 
-import argparse
 import json
+import os
 import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from benchmarks.early_exit_latency import RULES_TIMED, TARGETS, bench_model, sst2_timing_model
+from benchmarks.early_exit_latency import RULES_TIMED, sst2_timing_model
 from benchmarks.exit_step_cost import STEPS, sst2_one_at_a_time, step_costs, table
 from benchmarks.glue_tradeoff import run as driver
 from de3.models.backbone import load_encoder, load_tokenizer
@@ -26,21 +28,44 @@ def tiny_encoder():
     )
 
 
-def test_latency_benchmark_times_full_depth_every_rule_and_the_reference(glue_dir):
-    tokenizer, encoder = tiny_encoder()
-    args = argparse.Namespace(glue_dir=str(glue_dir), samples=8, repeats=1, rules=list(RULES_TIMED))
-    lines: list[str] = []
-    bench_model("tiny", encoder, tokenizer, args, lines)
-    rows = [line.strip("| ").split(" | ") for line in lines]
-    for batch_size in ("1", "32"):
-        timed = [row for row in rows if row[1] == batch_size]
-        assert [row[2].split(" < ")[0] for row in timed] == [
-            "full depth",
-            *(rule for rule in RULES_TIMED for _ in TARGETS),
-            "`AutoModelForSequenceClassification`",
-        ]
-        for row in timed[1:-1]:  # ratio, FLOPs speed-up, ms per batch, measured speed-up: all measured numbers
-            assert all(float(cell) > 0 for cell in row[3:7])
+def test_gpu_script_trains_sweeps_in_each_precision_and_times_every_rule_against_hugging_face(glue_dir, tmp_path):
+    """benchmarks/gpu_early_exit.sh end to end on the CPU with a tiny 3-layer model: what the device
+    machine runs, so that a device session spends its minutes measuring, not debugging."""
+    train = f"backbone=tiny_bert backbone.config_overrides.num_hidden_layers=3 debug=fast data.data_dir={glue_dir}"
+    env = {
+        **os.environ,
+        "DEVICE": "cpu",
+        "SWEEP": "trainer=cpu callbacks.progress_bar=null",
+        "TRAIN": f"{train} task.calibration_fraction=null callbacks.progress_bar=null",
+        "SAMPLES": "8",
+        "ROUNDS": "2",
+        "OUT": str(tmp_path),
+        "DE3_GLUE_DIR": str(glue_dir),
+        "WANDB_SILENT": "true",
+    }
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_early_exit.sh"
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for precision in ("fp32", "bf16"):
+        result = json.loads((tmp_path / f"gpu-{precision}.json").read_text())
+        assert result["precision"] == precision and result["device"] == "cpu" and result["samples"] == 8
+        recorded = json.loads((tmp_path / f"thresholds-{precision}.json").read_text())
+        assert recorded["precision"] == precision
+        for batch_size in ("1", "32"):
+            rows = result["batch_sizes"][batch_size]
+            expected = {"hf"} | {
+                name
+                for rule, entry in recorded["rules"].items()
+                if rule in RULES_TIMED
+                for name in [f"{rule} full depth"]
+                + [f"{rule} {float(t):g}×" for t, p in entry["thresholds"].items() if p]
+            }
+            assert set(rows) == expected and len(expected) > 5
+            for name, row in rows.items():
+                assert len(row["seconds"]) == 2 and all(s > 0 for s in row["seconds"])
+                assert row["layer_ratio"] == 1.0 if name == "hf" or "full depth" in name else row["layer_ratio"] >= 1.0
+        table = (tmp_path / f"gpu-{precision}.md").read_text()
+        assert table.count("\n| 1 |") == len(result["batch_sizes"]["1"])
 
 
 def test_step_costs_split_each_rules_pass_into_its_steps_and_put_the_functions_back(glue_dir):

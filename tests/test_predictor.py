@@ -60,7 +60,7 @@ def assert_real_equals_simulated(
     module, loader, quantiles=(0.05, 0.3, 0.6), rules=tuple(RULES), device="cpu", precision="fp32"
 ):
     module.model.to(device=resolve_device(device), dtype=resolve_precision(precision))
-    cache = collect_exit_cache(module.model, loader)
+    cache = collect_exit_cache(module.model, loader, precision=precision)
     regression = module.task.is_regression
     checked = 0
     for rule in map(RULES.get, rules):

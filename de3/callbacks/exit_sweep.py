@@ -40,7 +40,8 @@ class ExitSweep(L.Callback):
     Writes `sweep.csv`, `sweep.png`, `summary.md`, `thresholds.json` (per rule, its parameters
     and the threshold reaching each of `target_speedups` on the first eval split, and every
     threshold's speed-up there; with that split, its rows (`data.eval_limit`), the checkpoint
-    the trainer loaded and the input length) and `exit_cache.pt`. The
+    the trainer loaded, the input length, and the precision and kind of device the exit cache was
+    computed in: `precision`, what real early exit will run in) and `exit_cache.pt`. The
     other eval splits are also scored at those thresholds (`summary.md`: "deployed"): with a
     calibration split first, dev's calibrated reading beside its oracle one.
     """
@@ -52,8 +53,10 @@ class ExitSweep(L.Callback):
         num_thresholds: int = 60,
         extra_thresholds: Mapping[str, Sequence[float]] | None = None,
         target_speedups: Sequence[float] = (1.5, 2.0, 3.0),
+        precision: str = "fp32",
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.precision = precision
         # unknown rules and bad parameters fail now, not after training
         self.rules = {name: validate_params(get_rule(name), params) for name, params in rules.items()}
         self.num_thresholds = num_thresholds
@@ -67,7 +70,7 @@ class ExitSweep(L.Callback):
         task, model = pl_module.task, pl_module.model
         started = time.perf_counter()
         caches: dict[str, ExitCache] = {
-            split: collect_exit_cache(model, loader, description=f"caching exits ({split})")
+            split: collect_exit_cache(model, loader, description=f"caching exits ({split})", precision=self.precision)
             for split, loader in zip(task.eval_splits, trainer.datamodule.whole_eval_dataloaders())
         }
         cached = time.perf_counter()
@@ -90,6 +93,8 @@ class ExitSweep(L.Callback):
             getattr(data, "max_seq_length", None),
             getattr(data, "eval_limit", None),
             getattr(data, "seed", None),
+            precision=self.precision,
+            device=next(model.parameters()).device.type,
         )
         try:
             self._write(rows, summary, full_depth, caches, task.main_metric, model.num_layers, cost, deploy)

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, get_type_hints
 import torch
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
+from de3.devices import PRECISIONS
 from de3.errors import De3Error
 from de3.metrics import predictions
 from de3.models.indicators import distance_ratio, edr, normalized_entropy
@@ -217,8 +218,12 @@ def validate_threshold(rule: ExitRule, threshold: Any) -> float:
 
 def validate_exit_config(exit_config: Mapping[str, Any]) -> None:
     """Everything the `exit` config says, checked before any model is built: the rule, every
-    rule's parameters (the sweep uses them all), the threshold and the target speed-up."""
+    rule's parameters (the sweep uses them all), the threshold, the target speed-up and the
+    precision."""
     rule = get_rule(exit_config["rule"])
+    precision = exit_config.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise De3Error(f"exit.precision={precision!r}: choose from {sorted(PRECISIONS)}")
     for name, params in (exit_config.get("params") or {}).items():
         validate_params(get_rule(name), params)
     if exit_config.get("threshold") is not None:
