@@ -331,11 +331,11 @@ def _rows_swept(cfg: DictConfig, task: TaskSpec, split: str, examples: list[Exam
 
 def serve(cfg: DictConfig) -> None:
     """Serve `build_predictor(cfg)` on LitServe until stopped: `POST /predict`, `GET /health`."""
-    from de3.serving import build_server, early_exit_api  # LitServe loads only for this mode
+    from de3.serving import build_server, early_exit_api, run_until_stopped  # LitServe loads only for this mode
 
     settings = cfg.serve
     predictor = build_predictor(cfg)
-    api = early_exit_api(predictor, settings.max_batch_size, settings.batch_timeout)
+    api = early_exit_api(predictor, settings.max_batch_size, settings.batch_timeout, settings.threads)
     log.info(
         "serving %s (rule %s, threshold %.6g) on http://%s:%d/predict",
         predictor.task.name,
@@ -344,8 +344,14 @@ def serve(cfg: DictConfig) -> None:
         settings.host,
         settings.port,
     )
-    server = build_server(api, workers=settings.workers, timeout=settings.timeout)
-    server.run(host=settings.host, port=settings.port, generate_client_file=False)
+    server = build_server(
+        api,
+        workers=settings.workers,
+        timeout=settings.timeout,
+        device=settings.device,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    run_until_stopped(server, settings.host, settings.port)
 
 
 JOBS = {"train": train, "sweep": sweep, "predict": predict, "serve": serve}

@@ -1,6 +1,7 @@
 """`mode=serve`: a tiny trained run served by `run.py` on a free loopback port and called over
 HTTP (answers equal `mode=predict`'s, bad requests refused in one line while the server keeps
-serving); dynamic batching and the single-text request shape checked in process."""
+serving, SIGTERM ends every process it started); the single-text request shape and the
+body's limits checked in process."""
 
 import contextlib
 import csv
@@ -63,18 +64,19 @@ def trained_run(tmp_path_factory, glue_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server_url(trained_run, tmp_path_factory):
-    """`python run.py mode=serve` on a free loopback port; the whole process group is ended after."""
+def server(trained_run, tmp_path_factory):
+    """`python run.py mode=serve` on a free loopback port, answering /health: (process, port, log
+    folder). The last test stops it; its whole process group is killed after, whatever is left."""
     port, logs = free_port(), tmp_path_factory.mktemp("serve")
     run_dir = trained_run.parent.parent  # the run folder: its thresholds.json names this checkpoint
     command = [sys.executable, str(REPO / "run.py"), "mode=serve", f"run_dir={run_dir}", *EXIT]
     command += [f"serve.port={port}", "serve.max_batch_size=8", "serve.batch_timeout=0.2", f"paths.log_dir={logs}"]
     with open(logs / "server.log", "w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while True:
-            assert server.poll() is None, (logs / "server.log").read_text()
+            assert process.poll() is None, (logs / "server.log").read_text()
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
                     if response.read() == b"ok":
@@ -83,16 +85,18 @@ def server_url(trained_run, tmp_path_factory):
                 pass
             assert time.monotonic() < deadline, "the server did not answer /health in 120 s"
             time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/predict"
+        yield process, port, logs
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):  # the workers LitServe started, if any are left
-            os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture
+def server_url(server):
+    process, port, logs = server
+    assert process.poll() is None, (logs / "server.log").read_text()
+    return f"http://127.0.0.1:{port}/predict"
 
 
 def test_served_answers_equal_mode_predict(server_url, trained_run, tmp_path, glue_dir):
@@ -111,6 +115,7 @@ def test_served_answers_equal_mode_predict(server_url, trained_run, tmp_path, gl
         assert answer["label"] == row["prediction"] and answer["exit_layer"] == int(row["exit_layer"])
         assert f"{answer['probability']:.4f}" == row["probability"]
         assert answer["speedup"] == pytest.approx(3 / answer["exit_layer"])
+        assert 0 < answer["latency_ms"] < 60_000
     assert len({answer["exit_layer"] for _, answer in served}) > 1  # samples left at different layers
 
 
@@ -122,6 +127,10 @@ def test_served_answers_equal_mode_predict(server_url, trained_run, tmp_path, gl
         (b'{"text": 3, "text_pair": "b"}', "text: Input should be a valid string"),
         (b'{"text": "a"}', "text_pair: Field required"),
         (b'{"text": " ", "text_pair": "b"}', "text: Value error, must not be empty"),
+        (b'{"text": "\\u200b", "text_pair": "b"}', "text: Value error, must not be empty"),
+        (b'{"text": "a", "text_pair": "\\u0000"}', "text_pair: Value error, must not be empty"),
+        (b'{"text": "\\ud800 lone surrogate", "text_pair": "b"}', "text: Value error, not valid Unicode"),
+        (b'{"text": "\xff", "text_pair": "b"}', "body is not valid UTF-8"),
         (b'["a", "b"]', "body: Input should be a valid dictionary"),
     ],
 )
@@ -132,17 +141,6 @@ def test_bad_request_gets_400_and_the_server_keeps_serving(server_url, body, rea
     assert status == 400 and answer["detail"].startswith(reason), answer
     assert "\n" not in answer["detail"] and '"text_pair"' in answer["detail"]
     assert good_status == 200 and good_answer["exit_layer"] in (1, 2, 3)
-
-
-def test_a_batch_of_requests_is_one_early_exit_pass(trained_run):
-    predictor = EarlyExitPredictor.from_checkpoint(trained_run, "entropy", target_speedup=2.0, batch_size=2)
-    api = early_exit_api(predictor, max_batch_size=8, batch_timeout=0.0)
-    assert predictor.batch_size == 8  # 8 requests that arrive together run as one batch
-    batched = api.predict(PAIRS)
-    for answer, pair in zip(batched, PAIRS, strict=True):
-        alone = api.answer([pair])[0]
-        assert answer == {**alone, "probability": pytest.approx(alone["probability"], abs=1e-5)}
-    assert len({answer["exit_layer"] for answer in batched}) > 1
 
 
 def test_single_text_task_refuses_a_pair():
@@ -157,14 +155,50 @@ def test_single_text_task_refuses_a_pair():
     assert response.json()["detail"].startswith("Content-Type is 'application/x-www-form-urlencoded', not")
 
 
-def test_regression_task_answers_the_value():
-    module = make_module("stsb", tiny_backbone(layers=2))
-    predictor = EarlyExitPredictor(module.model, module.tokenizer, module.task, "patience", 2.0, {"delta": 0.1})
+def descendants(pid: int) -> set[int]:
+    """The processes below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_body_over_the_limit_gets_413_before_it_is_parsed():
+    module = make_module("sst2", tiny_backbone(layers=2))
+    predictor = EarlyExitPredictor(module.model, module.tokenizer, module.task, "entropy", 0.5)
     api = early_exit_api(predictor, max_batch_size=4, batch_timeout=0.01)
-    [answer] = api.predict([("A man sleeps.", "Someone rests.")])
-    expected = predictor.predict([("A man sleeps.", "Someone rests.")])
-    assert answer == {
-        "value": pytest.approx(float(expected.prediction[0])),
-        "exit_layer": int(expected.exit_layer[0]),
-        "speedup": 2 / int(expected.exit_layer[0]),
-    }
+    client = TestClient(build_server(api, max_body_bytes=1000).app)
+    response = client.post("/predict", content=b'{"text": "' + b"a" * 2000 + b'"}')
+    assert response.status_code == 413
+    assert response.json()["detail"] == 'body is larger than 1000 bytes; expected JSON {"text": "..."}'
+
+
+def test_sigterm_to_the_server_ends_every_process_it_started(server):
+    """Last in this file: it stops the module's server (one server start less for the suite)."""
+    process, port, logs = server
+    started = descendants(process.pid)
+    assert len(started) >= 3, started  # LitServe's HTTP, inference and queue-manager processes
+    os.kill(process.pid, signal.SIGTERM)
+    process.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while any(map(running, started)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in started if running(pid)], (logs / "server.log").read_text()
+    with socket.socket() as sock:  # a new server can listen on the port (as uvicorn binds it)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
