@@ -26,9 +26,20 @@ from de3.models.encoder_families import LayerInputs
 from de3.models.exit_rules import ExitRule, RuleState, get_rule, validate_params, validate_threshold
 from de3.models.module import MultiExitModule
 from de3.models.multi_exit import MultiExitModel
+from de3.text_input import check_text, max_chars_for
 from de3.thresholds import ExitSetting, resolve_exit_setting
 
 log = logging.getLogger(__name__)
+
+
+def _ends_early(texts: Sequence[str], offsets: Sequence[tuple[int, int]], sequence_ids: Sequence[int | None]) -> bool:
+    """Whether the tokens kept of an input (their character `offsets` and which of its `texts`
+    each came from) stop before the end of one of its texts: it was truncated."""
+    ends = [0] * len(texts)
+    for (_, end), text_index in zip(offsets, sequence_ids):
+        if text_index is not None:
+            ends[text_index] = max(ends[text_index], end)
+    return any(end < len(text.rstrip()) for end, text in zip(ends, texts))
 
 
 @dataclass
@@ -256,28 +267,34 @@ class EarlyExitPredictor:
         return ExitPrediction(exit_layer.cpu(), answer_logits, predictions(answer_logits, regression), probability)
 
     def tokenize(self, texts: Sequence[str | Sequence[str]]) -> list[dict[str, Any]]:
-        """Strings (or pairs) → features truncated to `max_seq_length`; empty texts are refused."""
+        """Strings (or pairs) → features truncated to `max_seq_length`, in one tokenizer pass over
+        texts first cut to `max_chars_for(max_seq_length)` characters; texts that are not valid
+        Unicode or have nothing visible in them are refused (`de3.text_input.check_text`)."""
         pairs = [(t,) if isinstance(t, str) else tuple(t) for t in texts]
-        expected = len(self.task.local.text_columns)
+        expected, max_chars = len(self.task.local.text_columns), max_chars_for(self.max_seq_length)
         for index, pair in enumerate(pairs):
             if len(pair) != expected:
                 raise De3Error(f"input {index}: task {self.task.name!r} takes {expected} text(s), got {len(pair)}")
-            if not all(text.strip() for text in pair):
-                raise De3Error(f"input {index}: empty text")
+            try:
+                pairs[index] = tuple(check_text(text, max_chars) for text in pair)
+            except ValueError as err:
+                raise De3Error(f"input {index}: {err}") from None
         columns = [list(c) for c in zip(*pairs)]
-        encoded = self.tokenizer(*columns, truncation=True, max_length=self.max_seq_length)
-        # Only inputs that fill max_seq_length can have been cut: measure those alone untruncated.
+        fast = self.tokenizer.is_fast
+        encoded = self.tokenizer(*columns, truncation=True, max_length=self.max_seq_length, return_offsets_mapping=fast)
+        offsets = encoded.pop("offset_mapping", None)
+        # Only inputs that fill max_seq_length can have been cut: those whose last token kept ends
+        # before the end of their text (a tokenizer without offsets: all of them, "may have been").
         at_limit = [i for i, ids in enumerate(encoded["input_ids"]) if len(ids) == self.max_seq_length]
-        if at_limit:
-            full = self.tokenizer(*([column[i] for i in at_limit] for column in columns))["input_ids"]
-            too_long = sum(len(ids) > self.max_seq_length for ids in full)
-            if too_long:
-                log.warning(
-                    "%d of %d inputs are longer than max_seq_length=%d tokens and were truncated",
-                    too_long,
-                    len(pairs),
-                    self.max_seq_length,
-                )
+        cut = [i for i in at_limit if offsets is None or _ends_early(pairs[i], offsets[i], encoded.sequence_ids(i))]
+        if cut:
+            log.warning(
+                "%d of %d inputs are longer than max_seq_length=%d tokens and were truncated%s",
+                len(cut),
+                len(pairs),
+                self.max_seq_length,
+                "" if fast else " (or fill it exactly: this tokenizer gives no offsets to tell)",
+            )
         return [{key: encoded[key][i] for key in encoded} for i in range(len(pairs))]
 
     def predict(self, texts: Sequence[str | Sequence[str]]) -> ExitPrediction:

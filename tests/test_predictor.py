@@ -15,6 +15,7 @@ from de3.models.exit_rules import RULES, decide, rule_indicator
 from de3.models.indicators import normalized_entropy
 from de3.models.module import MultiExitModule
 from de3.predictor import EarlyExitPredictor
+from de3.text_input import max_chars_for
 from de3.thresholds import RunThresholds
 from tests.conftest import GLUE_DIR, MINILM_DIR, needs_glue, needs_minilm
 
@@ -168,8 +169,13 @@ def test_predict_texts_api_and_bad_input(caplog):
     predictor.threshold = 0.0  # nothing is below 0: the last layer answers
     assert predictor.predict(texts).exit_layer.tolist() == [3, 3]
     assert "1 of 2 inputs are longer than max_seq_length=32" in caplog.text
-    with pytest.raises(De3Error, match="input 1: empty text"):
+    with pytest.raises(De3Error, match="input 1: must not be empty"):
         predictor.predict([("a", "b"), ("  ", "b")])
+    for invisible in ("\u200b", "\x00", " \t\n"):  # zero-width space, NUL, whitespace
+        with pytest.raises(De3Error, match="input 0: must not be empty: no visible character"):
+            predictor.predict([(invisible, "b")])
+    with pytest.raises(De3Error, match="input 0: not valid Unicode: lone surrogate U\\+D800 at character 0"):
+        predictor.predict([("\ud800 lone surrogate", "b")])
     with pytest.raises(De3Error, match="takes 2 text"):
         predictor.predict(["only one"])
     with pytest.raises(De3Error, match="does not apply"):
@@ -213,3 +219,22 @@ def test_threshold_for_target_speedup(tmp_path):
     (tmp_path / "broken.json").write_text('{"split": "validation"}')
     with pytest.raises(De3Error, match="is not a de3 thresholds.json"):
         RunThresholds.read(tmp_path / "broken.json")
+
+
+def test_a_huge_text_is_cut_by_characters_and_tokenized_once(caplog):
+    """A 10 MB text held the only server worker 35 s: tokenized whole, then again untruncated."""
+    module = make_module("sst2", tiny_backbone(layers=2))
+    predictor = EarlyExitPredictor(module.model, module.tokenizer, module.task, "entropy", 0.5, max_seq_length=16)
+    calls = []
+    tokenizer = predictor.tokenizer
+
+    def spy(*columns, **kwargs):
+        calls.append([len(text) for column in columns for text in column])
+        return tokenizer(*columns, **kwargs)
+
+    predictor.tokenizer = spy
+    spy.is_fast = tokenizer.is_fast
+    features = predictor.tokenize(["word " * 2_000_000, "short"])
+    assert len(calls) == 1 and calls[0] == [max_chars_for(16), 5]
+    assert [len(f["input_ids"]) for f in features] == [16, 7] and "offset_mapping" not in features[0]
+    assert "1 of 2 inputs are longer than max_seq_length=16 tokens and were truncated" in caplog.text
