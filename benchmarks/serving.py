@@ -1,20 +1,26 @@
-"""Early exit under load: `mode=serve`'s LitServe server on 127.0.0.1, a fixed number of requests.
+"""Early exit under load, served as users serve it: `mode=serve` servers against a Hugging Face anchor.
 
-python -m benchmarks.serving RUN_DIR > benchmarks/serving.md
+python -m benchmarks.serving RUN_DIR --output benchmarks/serving.md
 
-RUN_DIR is a trained SST-2 run's output folder (e.g. from `python run.py experiment=quickstart`):
-the checkpoint its `thresholds.json` was computed on, with the rule's recorded parameters. One
-LitServer holds five APIs, each with its own inference process and the same dynamic batching
-(`--max-batch-size`, `--batch-timeout`):
-- `/full`: the early-exit predictor that never exits (every layer and every exit head);
-- `/sr1.5`, `/sr2`, `/sr3`: the predictor with `--rule` at the thresholds.json threshold for
-  1.5×, 2×, 3× (chosen by the run's sweep; the speed-up ratio reached on these requests is
-  reported beside it);
-- `/anchor`: `AutoModelForSequenceClassification` with the run's encoder weights (its head is
-  untrained: the anchor measures speed only), behind the same request handling and batching.
-A client in this process sends `--requests` SST-2 dev sentences from `--concurrency` threads,
-each thread on its own keep-alive connection. The variants take turns within each of
-`--repeats` rounds; latency percentiles pool the rounds, requests per second is their median.
+RUN_DIR is a trained run's output folder (e.g. from `python run.py experiment=quickstart`): its
+`thresholds.json` names the checkpoint and each rule's recorded parameters. One server per
+variant, each its own `python run.py mode=serve` (or, for the anchor, this script) process
+group on 127.0.0.1 with the same `serve.*` settings:
+- `anchor`: `AutoModelForSequenceClassification` with the run's encoder weights at full depth
+  (its head is untrained: it measures speed only), behind the same request checks and one
+  torch thread per worker, batched as LitServe batches (dynamic batching, `--max-batch-size`
+  requests within `--batch-timeout`);
+- `full`: `mode=serve` at a threshold no sample reaches (every layer, every exit head; `--no-full`
+  leaves it out);
+- one per `--targets` speed-up: `mode=serve exit.target_speedup=T` (the run's threshold for T).
+All servers start once; a server not being measured is stopped (SIGSTOP on its process group),
+so it takes no CPU from the one that is. Each of `--rounds` rounds resumes every server in turn
+(the order rotates by round), warms it up for `--warmup` seconds, and measures each
+`--concurrency` for `--seconds`: that many client threads, each on its own keep-alive
+connection, each sending its next request when the last is answered (dev split texts, in turn).
+Throughput is per round (median and min–max over rounds), as is its ratio to the anchor's in
+the same round; latency percentiles pool the rounds; the layer ratio is L·N / Σ exit layer over
+the answers the cell received.
 """
 
 import argparse
@@ -25,13 +31,17 @@ import http.client
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForSequenceClassification
@@ -40,187 +50,326 @@ from benchmarks.per_exit_table import machine
 from de3.data.sources import load_split
 from de3.errors import De3Error
 from de3.models.exit_rules import RULES
-from de3.models.module import MultiExitModule
 from de3.predictor import EarlyExitPredictor
-from de3.serving import EarlyExitAPI, build_server
-from de3.thresholds import resolve_exit_setting
+from de3.serving import TextTaskAPI, build_server, run_until_stopped
+from de3.thresholds import INDICATOR_RANGES
 
-TARGETS = (1.5, 2.0, 3.0)
-CONCURRENCY = (1, 8, 32)
+REPO = Path(__file__).resolve().parents[1]
+GOAL = 0.9  # issue 31: throughput over the anchor ≥ 0.9 × the layer ratio reached
 
 
-class AnchorAPI(EarlyExitAPI):
-    """The same API answered by a plain full-depth Hugging Face classifier."""
+class AnchorAPI(TextTaskAPI):
+    """The same API answered by a plain full-depth Hugging Face classifier, in LitServe's own
+    dynamic batches."""
 
     def setup(self, device: str) -> None:
+        super().setup(device)
         encoder = self.predictor.model.backbone.encoder
         config = copy.deepcopy(encoder.config)
         config.num_labels = self.predictor.task.num_outputs
         self.classifier = AutoModelForSequenceClassification.from_config(config).eval()
         getattr(self.classifier, self.classifier.base_model_prefix).load_state_dict(encoder.state_dict(), strict=False)
+        self.classifier.to(self.predictor.device)
 
     @torch.inference_mode()
-    def answer(self, texts):
-        batch = self.predictor.collate(self.predictor.tokenize(texts))
-        probabilities = self.classifier(**batch).logits.softmax(-1)
+    def predict(self, inputs: Any) -> Any:
+        batched = self.max_batch_size > 1  # LitServe hands a list of requests only when it batches
+        batch = self.predictor.collate([self.features(texts) for texts in (inputs if batched else [inputs])])
+        probabilities = self.classifier(**batch.to(self.predictor.device)).logits.softmax(-1).tolist()
         layers, labels = self.predictor.model.num_layers, self.predictor.task.label_names
-        return [
-            {"label": labels[int(p.argmax())], "probability": float(p.max()), "exit_layer": layers, "speedup": 1.0}
+        answers = [
+            {"label": labels[max(range(len(p)), key=p.__getitem__)], "probability": max(p), "exit_layer": layers}
             for p in probabilities
         ]
+        return answers if batched else answers[0]
 
 
-def serve(args: argparse.Namespace) -> None:
-    """The server process: every variant at its own path."""
-    settings = {t: resolve_exit_setting(args.rule, run_dir=args.run_dir, target_speedup=t) for t in TARGETS}
-    recorded = settings[TARGETS[0]]
-    module = MultiExitModule.from_checkpoint(recorded.checkpoint)
+@dataclass
+class Server:
+    """One variant's server: its process (the leader of its process group) and port."""
 
-    def predictor(threshold: float) -> EarlyExitPredictor:
-        return EarlyExitPredictor(
-            module.model,
-            module.tokenizer,
-            module.task,
-            args.rule,
-            threshold,
-            recorded.params,
-            max_seq_length=args.max_seq_length or recorded.max_seq_length,
-        )
+    name: str
+    process: subprocess.Popen
+    port: int
+    log: Path
 
-    batching = {"max_batch_size": args.max_batch_size, "batch_timeout": args.batch_timeout}
-    # a threshold no sample reaches: more layers of patience than there are, or below every indicator
-    never = predictor(module.model.num_layers + 1 if RULES[args.rule].counts else -sys.float_info.max)
-    apis = [AnchorAPI(never, api_path="/anchor", **batching), EarlyExitAPI(never, api_path="/full", **batching)]
-    for target in TARGETS:
-        apis.append(EarlyExitAPI(predictor(settings[target].threshold), api_path=f"/sr{target:g}", **batching))
-    build_server(*apis).run(host="127.0.0.1", port=args.port, generate_client_file=False, log_level="warning")
+    def pause(self) -> None:
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
 
 
-def load(url: str, bodies: list[bytes], concurrency: int) -> tuple[list[float], float, list[int]]:
-    """Send every body once from `concurrency` threads; (latencies s, requests/s, exit layers)."""
-    host, path = url.removeprefix("http://").split("/", 1)
-    shares = [bodies[i::concurrency] for i in range(concurrency)]
+@dataclass
+class Cell:
+    """What one variant at one concurrency measured, over the rounds."""
 
-    def client(share: list[bytes]) -> list[tuple[float, int]]:
-        connection, results = http.client.HTTPConnection(host, timeout=120), []
-        for body in share:
-            started = time.perf_counter()
-            connection.request("POST", "/" + path, body, {"Content-Type": "application/json"})
-            response = connection.getresponse()
-            answer = json.loads(response.read())
-            if response.status != 200:
-                raise De3Error(f"{url}: {response.status} {answer}")
-            results.append((time.perf_counter() - started, answer["exit_layer"]))
-        connection.close()
-        return results
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        results = [r for part in pool.map(client, shares) for r in part]
-    elapsed = time.perf_counter() - started
-    return [r[0] for r in results], len(results) / elapsed, [r[1] for r in results]
+    rates: list[float] = field(default_factory=list)  # requests/s, one per round
+    latencies: list[float] = field(default_factory=list)  # client-side seconds, every request
+    server_ms: list[float] = field(default_factory=list)  # the answers' latency_ms (early exit only)
+    exit_layers: list[int] = field(default_factory=list)
 
 
-def percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
-def wait_for_health(base: str, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 600
+def never_exits(rule: str, num_layers: int) -> float:
+    """A threshold no sample reaches: more layers of patience than there are, or the lowest
+    value the indicator takes (a sample exits below the threshold)."""
+    return num_layers + 1 if RULES[rule].counts else INDICATOR_RANGES[rule][0]
+
+
+def server_commands(args: argparse.Namespace, num_layers: int) -> dict[str, list[str]]:
+    """The command of each variant's server (its port is appended)."""
+    serve = [
+        f"serve.max_batch_size={args.max_batch_size}",
+        f"serve.batch_timeout={args.batch_timeout}",
+        f"serve.workers={args.workers}",
+        f"serve.device={args.device}",
+    ]
+    if args.max_seq_length:
+        serve.append(f"data.max_seq_length={args.max_seq_length}")
+    mode_serve = [sys.executable, str(REPO / "run.py"), "mode=serve", f"run_dir={args.run_dir}"]
+    mode_serve.append(f"exit.rule={args.rule}")
+    anchor = [sys.executable, "-m", "benchmarks.serving", str(args.run_dir), "--serve-anchor", "--rule", args.rule]
+    anchor += [f"--max-batch-size={args.max_batch_size}", f"--batch-timeout={args.batch_timeout}"]
+    anchor += [f"--workers={args.workers}", f"--device={args.device}"]
+    if args.max_seq_length:
+        anchor.append(f"--max-seq-length={args.max_seq_length}")
+    commands = {"anchor": anchor}
+    if args.full:
+        commands["full"] = [*mode_serve, f"exit.threshold={never_exits(args.rule, num_layers)}", *serve]
+    for target in args.targets:
+        commands[f"{target:g}x"] = [*mode_serve, f"exit.target_speedup={target}", *serve]
+    return commands
+
+
+def start_servers(commands: dict[str, list[str]], logs: Path) -> dict[str, Server]:
+    servers = {}
+    for name, command in commands.items():
+        port, log = free_port(), logs / f"{name}.log"
+        where = [f"--port={port}"] if name == "anchor" else [f"serve.port={port}", f"paths.log_dir={logs}"]
+        command = [*command, *where]
+        with open(log, "w") as out:
+            process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        servers[name] = Server(name, process, port, log)
+    for server in servers.values():
+        wait_for_health(server)
+    return servers
+
+
+def wait_for_health(server: Server, limit_s: float = 600) -> None:
+    deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise De3Error("the server exited before it answered /health")
+        if server.process.poll() is not None:
+            raise De3Error(f"server {server.name} exited before it answered /health:\n{server.log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=2) as response:
                 if response.read() == b"ok":
                     return
         except OSError:
-            time.sleep(1)
-    raise De3Error("the server did not answer /health in 600 s")
+            time.sleep(0.5)
+    raise De3Error(f"server {server.name} did not answer /health in {limit_s:.0f} s")
+
+
+def stop_servers(servers: dict[str, Server]) -> None:
+    """SIGTERM, then SIGKILL for whatever is left. Paused groups are resumed first, and given a
+    moment: a SIGTERM that is pending when a stopped process resumes can be taken by any of its
+    threads, and one taken off the main thread does not interrupt it from waiting."""
+    for server in servers.values():
+        with contextlib.suppress(ProcessLookupError):
+            server.resume()
+    time.sleep(1)
+    for server in servers.values():
+        server.process.terminate()
+    for server in servers.values():
+        try:
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+
+
+def load(port: int, bodies: list[bytes], concurrency: int, seconds: float) -> tuple[float, list[dict], list[float]]:
+    """`concurrency` closed-loop clients for `seconds`: (requests/s, answers, latencies in s)."""
+    deadline = time.perf_counter() + seconds
+    results: list[list[tuple[float, dict]]] = [[] for _ in range(concurrency)]
+    errors: list[str] = []
+
+    def client(index: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        turn = index * len(bodies) // concurrency
+        try:
+            while time.perf_counter() < deadline:
+                body = bodies[turn % len(bodies)]
+                turn += 1
+                sent = time.perf_counter()
+                connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
+                response = connection.getresponse()
+                answer = json.loads(response.read())
+                if response.status != 200:
+                    errors.append(f"{response.status} {answer}")
+                    return
+                results[index].append((time.perf_counter() - sent, answer))
+        finally:
+            connection.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise De3Error(f"port {port}: {errors[0]}")
+    pooled = [r for part in results for r in part]
+    return len(pooled) / elapsed, [answer for _, answer in pooled], [latency for latency, _ in pooled]
+
+
+def request_bodies(predictor: EarlyExitPredictor, glue_dir: Path) -> list[bytes]:
+    fields = ("text", "text_pair")[: len(predictor.task.local.text_columns)]
+    examples = load_split(predictor.task, "validation", glue_dir, "local")
+    return [json.dumps(dict(zip(fields, example.texts))).encode() for example in examples]
+
+
+def percentile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def spread(values: list[float], digits: int) -> str:
+    """median (min–max)"""
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+def measure(args: argparse.Namespace, servers: dict[str, Server], bodies: list[bytes]) -> dict[tuple[str, int], Cell]:
+    cells = {(name, c): Cell() for name in servers for c in args.concurrency}
+    names = list(servers)
+    for server in servers.values():
+        server.pause()
+    for round_index in range(args.rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            server = servers[name]
+            server.resume()
+            load(server.port, bodies, max(args.concurrency), args.warmup)
+            for concurrency in args.concurrency:
+                rate, answers, latencies = load(server.port, bodies, concurrency, args.seconds)
+                cell = cells[name, concurrency]
+                cell.rates.append(rate)
+                cell.latencies += latencies
+                cell.exit_layers += [answer["exit_layer"] for answer in answers]
+                cell.server_ms += [answer["latency_ms"] for answer in answers if "latency_ms" in answer]
+            server.pause()
+    return cells
+
+
+def table(args: argparse.Namespace, cells: dict[tuple[str, int], Cell], num_layers: int) -> list[str]:
+    lines = [
+        "| server | concurrency | layer ratio reached | req/s: median (min–max) | ÷ anchor: median (min–max) "
+        f"| ÷ anchor ÷ layer ratio (goal ≥ {GOAL}) | p50 ms | p95 ms | p99 ms | server latency_ms p50 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    names = {"anchor": "`AutoModelForSequenceClassification` (anchor)", "full": "early exit, no exit (full depth)"}
+    for (name, concurrency), cell in cells.items():
+        ratio = num_layers * len(cell.exit_layers) / sum(cell.exit_layers)
+        over_anchor = [rate / base for rate, base in zip(cell.rates, cells["anchor", concurrency].rates)]
+        realised = statistics.median(over_anchor) / ratio
+        goal = "" if name == "anchor" else f"{realised:.2f} ({'met' if realised >= GOAL else 'not met'})"
+        ms = [1000 * percentile(cell.latencies, q) for q in (50, 95, 99)]
+        server_ms = f"{statistics.median(cell.server_ms):.1f}" if cell.server_ms else "—"
+        lines.append(
+            f"| {names.get(name, f'early exit at {name} ({args.rule})')} | {concurrency} | {ratio:.2f} "
+            f"| {spread(cell.rates, 1)} | {spread(over_anchor, 2)} | {goal} "
+            f"| {ms[0]:.1f} | {ms[1]:.1f} | {ms[2]:.1f} | {server_ms} |"
+        )
+    return lines
+
+
+def report(args: argparse.Namespace, cells, predictor: EarlyExitPredictor, loads: tuple[float, float]) -> str:
+    num_layers = predictor.model.num_layers
+    backbone = predictor.model.backbone.config.name_or_path or "?"
+    command = " ".join(["python -m benchmarks.serving", *sys.argv[1:]])
+    lines = [
+        "# Early exit under load: `mode=serve` servers against a Hugging Face anchor",
+        "",
+        f"- Command: `{command}`",
+        f"- Machine: {machine()}; load average {loads[0]:.1f} before the run, {loads[1]:.1f} after; "
+        "the client threads run on the same cores as the servers.",
+        f"- Date: {datetime.date.today().isoformat()}",
+        f"- Run: `{args.run_dir}` ({predictor.task.name}, {backbone}, {num_layers} layers), rule `{args.rule}`; "
+        f"dev-split texts, max {predictor.max_seq_length} tokens.",
+        f"- Serving: one server per row group, each `serve.max_batch_size={args.max_batch_size}`, "
+        f"`serve.batch_timeout={args.batch_timeout}`, `serve.workers={args.workers}`, one torch thread per worker, "
+        f"device {args.device}; the others stopped (SIGSTOP) while one is measured.",
+        f"- Cells: {args.seconds:g} s each, {args.rounds} rounds, servers interleaved (order rotated per round), "
+        f"{args.warmup:g} s warm-up per server and round; closed-loop clients, one keep-alive connection each.",
+        "- req/s and ÷ anchor: median (min–max) over rounds, ÷ anchor against the anchor's same round and "
+        "concurrency; p50/p95/p99: client-side, pooled over rounds; server latency_ms: from when the HTTP "
+        "process queued the request to when the inference process answered it (early exit only); layer ratio: "
+        "L·N / Σ exit layer over the cell's answers.",
+        "",
+        *table(args, cells, num_layers),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def serve_anchor(args: argparse.Namespace) -> None:
+    """The anchor's server process."""
+    predictor = EarlyExitPredictor.from_run(args.run_dir, args.rule, threshold=1, **_seq(args))
+    api = AnchorAPI(predictor, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
+    server = build_server(api, workers=args.workers, device=args.device)
+    run_until_stopped(server, "127.0.0.1", args.port, log_level="warning")
+
+
+def _seq(args: argparse.Namespace) -> dict[str, int]:
+    return {"max_seq_length": args.max_seq_length} if args.max_seq_length else {}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--rule", default="entropy")
-    parser.add_argument("--glue-dir", type=Path, default=Path("../shared/data/glue"))
-    parser.add_argument("--requests", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--targets", type=float, nargs="+", default=[1.5, 2.0, 3.0], help="speed-up targets")
+    parser.add_argument("--full", action=argparse.BooleanOptionalAction, default=True, help="the full-depth server")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--seconds", type=float, default=30, help="per cell and round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=float, default=3, help="seconds per server and round, not measured")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--batch-timeout", type=float, default=0.01)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-seq-length", type=int, default=None, help="default: the one the sweep recorded")
-    parser.add_argument("--port", type=int, default=8123)
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the server process
+    parser.add_argument("--glue-dir", type=Path, default=REPO.parent / "shared" / "data" / "glue")
+    parser.add_argument("--output", type=Path, default=None, help="the markdown file (default: stdout)")
+    parser.add_argument("--serve-anchor", action="store_true", help=argparse.SUPPRESS)  # the anchor's server
+    parser.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:
-        return serve(args)
+    args.run_dir = args.run_dir.resolve()
+    if args.serve_anchor:
+        return serve_anchor(args)
 
-    predictor = EarlyExitPredictor.from_run(args.run_dir, args.rule, threshold=0.5)
+    predictor = EarlyExitPredictor.from_run(args.run_dir, args.rule, threshold=1, **_seq(args))
+    bodies = request_bodies(predictor, args.glue_dir)
     load_before = os.getloadavg()[0]
-    sentences = [e.texts[0] for e in load_split(predictor.task, "validation", args.glue_dir, "local")]
-    bodies = [json.dumps({"text": sentences[i % len(sentences)]}).encode() for i in range(args.requests)]
-    variants = ["anchor", "full", *(f"sr{t:g}" for t in TARGETS)]
-    base = f"http://127.0.0.1:{args.port}"
-    command = [sys.executable, "-m", "benchmarks.serving", *sys.argv[1:], "--serve"]
-    server = subprocess.Popen(command, start_new_session=True)
-    try:
-        wait_for_health(base, server)
-        for variant in variants:  # warm-up
-            load(f"{base}/{variant}", bodies[:16], 8)
-        latencies = {(v, c): [] for v in variants for c in CONCURRENCY}
-        rates = {(v, c): [] for v in variants for c in CONCURRENCY}
-        layers: dict[str, list[int]] = {}
-        for _ in range(args.repeats):
-            for concurrency in CONCURRENCY:
-                for variant in variants:
-                    seconds, rate, exits = load(f"{base}/{variant}", bodies, concurrency)
-                    latencies[variant, concurrency] += seconds
-                    rates[variant, concurrency].append(rate)
-                    layers[variant] = exits
-    finally:  # LitServe's processes (HTTP servers, inference workers) are all in the server's group
-        with contextlib.suppress(ProcessLookupError):  # it may have exited already
-            os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-
-    num_layers, backbone = predictor.model.num_layers, predictor.model.backbone.config.name_or_path or "?"
-    anchor = {c: statistics.median(rates["anchor", c]) for c in CONCURRENCY}
-    print("# Early exit under load: `mode=serve` on LitServe\n")
-    print(f"- Command: `python -m benchmarks.serving {' '.join(sys.argv[1:])}`")
-    print(
-        f"- Machine: {machine()}; load average {load_before:.1f} before the run, {os.getloadavg()[0]:.1f} after; "
-        "the load generator runs on the same cores as the server: compare rows, not absolute numbers."
-    )
-    print(f"- Date: {datetime.date.today().isoformat()}")
-    print(
-        f"- Run: `{args.run_dir}` ({predictor.task.name}, {backbone}, {num_layers} layers); "
-        f"rule `{args.rule}`; "
-        f"{args.requests} requests (SST-2 dev sentences, max {predictor.max_seq_length} tokens) per cell and round, "
-        f"{args.repeats} rounds, variants interleaved; dynamic batching max_batch_size={args.max_batch_size}, "
-        f"batch_timeout={args.batch_timeout} s; one inference process per variant, 127.0.0.1.\n"
-    )
-    print(
-        "| server | speed-up ratio reached | concurrency | p50 ms | p95 ms | p99 ms | req/s | req/s ÷ anchor |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|"
-    )
-    names = {"anchor": "`AutoModelForSequenceClassification` (anchor)", "full": "early-exit predictor, full depth"}
-    for variant in variants:
-        name = names.get(variant, f"early exit at {variant[2:]}× ({args.rule})")
-        ratio = num_layers * len(layers[variant]) / sum(layers[variant])
-        for c in CONCURRENCY:
-            ms = [1000 * percentile(latencies[variant, c], q) for q in (50, 95, 99)]
-            rate = statistics.median(rates[variant, c])
-            print(
-                f"| {name} | {ratio:.2f} | {c} | {ms[0]:.1f} | {ms[1]:.1f} | {ms[2]:.1f} | {rate:.1f} "
-                f"| {rate / anchor[c]:.2f} |"
-            )
-
-    anchor_p99, sr2_p99 = (1000 * percentile(latencies[v, 8], 99) for v in ("anchor", "sr2"))
-    gain = statistics.median(rates["sr2", 8]) / anchor[8]
-    met = "met" if gain >= 1.8 and sr2_p99 <= anchor_p99 else "not met"
-    print(
-        f"\nGoal (at 2×, concurrency 8: ≥ 1.8× the anchor's req/s with its p99 or better): **{met}** — "
-        f"{gain:.2f}× the req/s, p99 {sr2_p99:.0f} ms against the anchor's {anchor_p99:.0f} ms."
-    )
+    with tempfile.TemporaryDirectory(prefix="serving-bench-") as logs:
+        servers = start_servers(server_commands(args, predictor.model.num_layers), Path(logs))
+        try:
+            cells = measure(args, servers, bodies)
+        finally:
+            stop_servers(servers)
+    markdown = report(args, cells, predictor, (load_before, os.getloadavg()[0]))
+    if args.output is None:
+        print(markdown)
+    else:
+        args.output.write_text(markdown, encoding="utf-8")
 
 
 if __name__ == "__main__":
