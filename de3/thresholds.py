@@ -51,11 +51,16 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+# How far below its range an indicator computed without clamping (DGE's divergences, 1 − the
+# largest probability) comes by rounding: the sweep takes thresholds from the values themselves.
+ROUNDING = 1e-6
+
+
 def threshold_out_of_range(rule: ExitRule, threshold: float) -> str | None:
     """Why `threshold` cannot be meant for `rule` (None if it can): below the lowest value its
-    indicator takes, no sample would ever exit."""
+    indicator takes (less rounding), no sample would ever exit."""
     low, high = INDICATOR_RANGES[rule.name]
-    if threshold >= low:
+    if threshold >= low - ROUNDING:
         return None
     if rule.counts:
         return f"rule {rule.name} counts agreeing layers: a threshold is a count ≥ {low:g}"

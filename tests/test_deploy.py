@@ -17,7 +17,7 @@ from de3.exit_cache import load_exit_caches
 from de3.jobs import build_predictor, predict, sweep, train
 from de3.models.exit_rules import RULES, decide, get_rule, rule_indicator
 from de3.predictor import EarlyExitPredictor
-from de3.thresholds import INDICATOR_RANGES
+from de3.thresholds import INDICATOR_RANGES, threshold_out_of_range
 from tests.conftest import compose_config, tiny_overrides
 
 # Parameters other than the config's defaults (dge window 1, pcee patience 2), an input length
@@ -290,3 +290,14 @@ def test_a_threshold_below_the_indicators_range_is_refused_from_the_command_line
 
 def test_every_rule_has_its_indicators_range():
     assert set(INDICATOR_RANGES) == set(RULES)
+
+
+def test_thresholds_a_sweep_takes_from_indicators_below_zero_by_rounding_are_accepted():
+    """JS divergence of two equal distributions computes to about −3e-8 here, and the sweep's
+    thresholds are quantiles of the indicator's values: a real run's curve holds one."""
+    p = torch.softmax(torch.tensor([[2.0, -1.0, 0.5]]), -1).log()
+    dge = rule_indicator(get_rule("dge"), torch.stack([p, p + 1e-7, p]), None, {"divergence": "js"})
+    assert dge[1].abs().item() < 1e-6
+    for rule, threshold in [("dge", -2.995693648699671e-08), ("maxprob", -5.96e-08), ("entropy", 0.0)]:
+        assert threshold_out_of_range(get_rule(rule), threshold) is None
+    assert "no sample ever exits" in threshold_out_of_range(get_rule("dge"), -0.5)
