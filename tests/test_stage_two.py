@@ -34,8 +34,10 @@ def test_cached_stage_two_trains_as_the_backbone_would(tiny_config, loss):
     cached = trained_weights(tiny_config(*overrides, "loss.cache_layers=true"), max_steps=6)
     uncached = trained_weights(tiny_config(*overrides, "loss.cache_layers=false"), max_steps=6)
     assert cached.keys() == uncached.keys()
+    # Layer outputs cached in other batches round differently (one thread: 4e-5 on a bypass weight
+    # after 6 steps of DAR); wrongly paired vectors and labels move weights by ~lr = 1e-2.
     for name, tensor in uncached.items():
-        torch.testing.assert_close(cached[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(cached[name], tensor, rtol=1e-4, atol=1e-4, msg=name)
 
 
 def test_cache_holds_every_example_in_input_order(tiny_config):
