@@ -259,8 +259,9 @@ class EarlyExitPredictor:
             exited = self.advance(batch)
             if answer_logits is None:
                 answer_logits = exited.logits.new_empty(size, exited.logits.shape[-1])
-            exit_layer[exited.positions] = exited.exit_layer
-            answer_logits[exited.positions] = exited.logits
+            if exited.positions.shape[0]:
+                exit_layer[exited.positions] = exited.exit_layer
+                answer_logits[exited.positions] = exited.logits
         answer_logits = answer_logits.cpu()
         regression = self.task.is_regression
         probability = None if regression else torch.softmax(answer_logits, -1).max(-1).values
