@@ -45,7 +45,7 @@ from de3.models.backbone import EncoderBackbone
 from de3.models.exits import pool
 from de3.models.multi_exit import MultiExitModel
 from de3.predictor import EarlyExitPredictor
-from de3.thresholds import resolve_exit_setting
+from de3.thresholds import never_exits, resolve_exit_setting
 
 RULES_TIMED = {"entropy": {}, "edr": {"lam": 1.0}, "dge": {"divergence": "js", "window": 1}, "patience": {}}
 # measured speed-up / layer ratio at least this, per batch size (CPU goals of the project)
@@ -103,11 +103,6 @@ def hugging_face_anchor(predictor: EarlyExitPredictor) -> Callable[[dict], torch
         return model.exits[last](model.read(last, pooled)).float().cpu()
 
     return forward
-
-
-def never_exits(rule_name: str, num_layers: int) -> float:
-    """A threshold no sample passes: below every indicator value, or a count no layer reaches."""
-    return float(num_layers) if rule_name == "patience" else 0.0
 
 
 def recorded_targets(run_dir: Path) -> dict[str, list[float]]:

@@ -30,7 +30,6 @@ import torch
 from benchmarks.early_exit_latency import (
     RULES_TIMED,
     encoder_inputs,
-    never_exits,
     sst2_dev,
     sst2_timing_model,
     with_class_mean_prototypes,
@@ -40,6 +39,7 @@ from de3.data.tasks import GLUE_TASKS
 from de3.models.backbone import load_encoder, load_tokenizer
 from de3.models.multi_exit import MultiExitModel
 from de3.predictor import EarlyExitPredictor
+from de3.thresholds import never_exits
 
 STEPS = ("backbone layers", "exit heads", "prototype mapping", "prototype distances", "rule indicator")
 

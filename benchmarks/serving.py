@@ -49,10 +49,9 @@ from transformers import AutoModelForSequenceClassification
 from benchmarks.per_exit_table import machine
 from de3.data.sources import load_split
 from de3.errors import De3Error
-from de3.models.exit_rules import RULES
 from de3.predictor import EarlyExitPredictor
 from de3.serving import TextTaskAPI, build_server, run_until_stopped
-from de3.thresholds import INDICATOR_RANGES
+from de3.thresholds import never_exits
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 0.9  # issue 31: throughput over the anchor ≥ 0.9 × the layer ratio reached
@@ -114,12 +113,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def never_exits(rule: str, num_layers: int) -> float:
-    """A threshold no sample reaches: more layers of patience than there are, or the lowest
-    value the indicator takes (a sample exits below the threshold)."""
-    return num_layers + 1 if RULES[rule].counts else INDICATOR_RANGES[rule][0]
 
 
 def server_commands(args: argparse.Namespace, num_layers: int) -> dict[str, list[str]]:
@@ -370,6 +363,23 @@ def main() -> None:
         print(markdown)
     else:
         args.output.write_text(markdown, encoding="utf-8")
+        args.output.with_suffix(".json").write_text(json.dumps(raw_cells(cells), indent=1) + "\n", encoding="utf-8")
+
+
+def raw_cells(cells: dict[tuple[str, int], Cell]) -> list[dict]:
+    """What the table is made from, per cell: every round's requests/s, how many answers left at
+    each layer, and the client-side latency percentiles (seconds) pooled over rounds."""
+    return [
+        {
+            "server": name,
+            "concurrency": concurrency,
+            "rates": cell.rates,
+            "exit_layers": {str(layer): cell.exit_layers.count(layer) for layer in sorted(set(cell.exit_layers))},
+            "latency_s": {f"p{q}": percentile(cell.latencies, q) for q in (50, 95, 99)},
+            "server_ms_p50": statistics.median(cell.server_ms) if cell.server_ms else None,
+        }
+        for (name, concurrency), cell in cells.items()
+    ]
 
 
 if __name__ == "__main__":

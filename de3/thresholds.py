@@ -42,6 +42,12 @@ INDICATOR_RANGES: dict[str, tuple[float, float]] = {
 }
 
 
+def never_exits(rule: str, num_layers: int) -> float:
+    """A threshold no sample passes (every layer runs): more layers of patience than there are,
+    or the lowest value the indicator takes (a sample exits below the threshold)."""
+    return num_layers + 1 if get_rule(rule).counts else INDICATOR_RANGES[rule][0]
+
+
 def file_sha256(path: str | Path) -> str:
     """The SHA-256 of a file's content, hex."""
     digest = hashlib.sha256()

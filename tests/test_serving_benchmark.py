@@ -7,10 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.serving import never_exits
 from de3.jobs import train
 from de3.models.exit_rules import RULES, validate_threshold
-from de3.thresholds import threshold_out_of_range
+from de3.thresholds import never_exits, threshold_out_of_range
 from tests.conftest import REPO, compose_config
 
 RUN = ["task=sst2", "backbone=tiny_bert", "backbone.config_overrides.num_hidden_layers=3", "debug=fast"]
@@ -38,6 +37,10 @@ def test_serving_benchmark_smoke_run(tmp_path, glue_dir):
     assert re.fullmatch(r"[\d.]+ \([\d.]+–[\d.]+\)", target[3])  # req/s, median (min–max) over 2 rounds
     assert re.fullmatch(r"[\d.]+ \((met|not met)\)", target[5])
     assert float(target[9].rstrip(" |")) > 0  # the answers' own latency_ms
+    raw = json.loads(output.with_suffix(".json").read_text())  # what the table was made from
+    cells = [(cell["server"], cell["concurrency"], len(cell["rates"])) for cell in raw]
+    assert cells == [("anchor", 2, 2), ("2x", 2, 2)]
+    assert set(raw[0]["exit_layers"]) == {"3"} and sum(raw[1]["exit_layers"].values()) > 0
 
 
 def test_the_full_depth_server_gets_a_threshold_every_rule_accepts():
