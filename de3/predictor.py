@@ -27,7 +27,7 @@ from de3.models.exit_rules import ExitRule, RuleState, get_rule, validate_params
 from de3.models.module import MultiExitModule
 from de3.models.multi_exit import MultiExitModel
 from de3.text_input import check_text, max_chars_for
-from de3.thresholds import ExitSetting, resolve_exit_setting
+from de3.thresholds import ExitSetting, resolve_exit_setting, threshold_out_of_range
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,9 @@ class EarlyExitPredictor:
             without = ", no prototypes" if model.prototypes is None else ""
             raise De3Error(f"exit rule {rule!r} does not apply to this model ({kind} task{without})")
         self.threshold = validate_threshold(self.rule, threshold)
+        out_of_range = threshold_out_of_range(self.rule, self.threshold)
+        if out_of_range is not None:
+            raise De3Error(f"exit.threshold={self.threshold:g}: {out_of_range}")
         self.params = validate_params(self.rule, params)
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size

@@ -186,6 +186,8 @@ def test_predict_texts_api_and_bad_input(caplog):
         EarlyExitPredictor(module.model, module.tokenizer, module.task, "pcee", 0.5, {"patience": 0})
     with pytest.raises(De3Error, match="exit.threshold=0 for rule patience"):
         EarlyExitPredictor(module.model, module.tokenizer, module.task, "patience", 0)
+    with pytest.raises(De3Error, match=r"exit.threshold=-0.5: rule entropy's indicator lies in \[0, 1\]"):
+        EarlyExitPredictor(module.model, module.tokenizer, module.task, "entropy", -0.5)
 
 
 def test_threshold_for_target_speedup(tmp_path):
