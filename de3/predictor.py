@@ -94,6 +94,11 @@ class LayerwiseBatch:
         """No sample is left running."""
         return self.positions.shape[0] == 0
 
+    def finish(self) -> torch.Tensor:
+        """Every sample leaves: their positions; the batch is finished (nothing else is kept)."""
+        positions, self.positions = self.positions, self.positions[:0]
+        return positions
+
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only the samples at `rows` (indices into the running samples)."""
         self.positions, self.hidden = self.positions[rows], self.hidden[rows]
@@ -224,9 +229,7 @@ class EarlyExitPredictor:
         logits = logits.float()
         batch.layer += 1
         if batch.layer == model.num_layers:
-            exited = self._exited(batch.positions, batch.layer, logits)
-            batch.keep(batch.positions[:0])
-            return exited
+            return self._exited(batch.finish(), batch.layer, logits)
         distances = None
         if self.rule.needs_distances:
             distances = model.prototypes.layer_distances(m, model.prototypes.map_layer(m, pooled))
@@ -237,9 +240,7 @@ class EarlyExitPredictor:
         if num_leaving == 0:
             return self._exited(batch.positions[:0], batch.layer, logits[:0])
         if num_leaving == leaving.shape[0]:
-            exited = self._exited(batch.positions, batch.layer, logits)
-            batch.keep(batch.positions[:0])
-            return exited
+            return self._exited(batch.finish(), batch.layer, logits)
         order = torch.argsort(leaving.to(torch.uint8), stable=True)  # staying first, then leaving
         staying, left = order[: leaving.shape[0] - num_leaving], order[leaving.shape[0] - num_leaving :]
         exited = self._exited(batch.positions[left], batch.layer, logits[left])
@@ -255,16 +256,17 @@ class EarlyExitPredictor:
     ) -> ExitPrediction:
         """Every sample of a tokenized batch [B, T] through the layers until it exits."""
         batch = self.start(input_ids, attention_mask, token_type_ids)
-        size = input_ids.shape[0]
-        exit_layer = torch.empty(size, dtype=torch.long, device=self.device)
-        answer_logits: torch.Tensor | None = None
+        parts = []  # the samples that left, layer by layer
         while not batch.finished:
             exited = self.advance(batch)
-            if answer_logits is None:
-                answer_logits = exited.logits.new_empty(size, exited.logits.shape[-1])
             if exited.positions.shape[0]:
-                exit_layer[exited.positions] = exited.exit_layer
-                answer_logits[exited.positions] = exited.logits
+                parts.append(exited)
+        layers = [torch.full_like(part.positions, part.exit_layer) for part in parts]
+        if len(parts) == 1:  # all left together, still in their order (batch 1 always)
+            exit_layer, answer_logits = layers[0], parts[0].logits
+        else:
+            order = torch.cat([part.positions for part in parts]).argsort()
+            exit_layer, answer_logits = torch.cat(layers)[order], torch.cat([part.logits for part in parts])[order]
         answer_logits = answer_logits.cpu()
         regression = self.task.is_regression
         probability = None if regression else torch.softmax(answer_logits, -1).max(-1).values
