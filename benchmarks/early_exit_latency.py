@@ -46,6 +46,7 @@ from de3.models.exits import pool
 from de3.models.multi_exit import MultiExitModel
 from de3.predictor import EarlyExitPredictor
 from de3.thresholds import never_exits, resolve_exit_setting
+from de3.utils.provenance import git_commit
 
 RULES_TIMED = {"entropy": {}, "edr": {"lam": 1.0}, "dge": {"divergence": "js", "window": 1}, "patience": {}}
 # measured speed-up / layer ratio at least this, per batch size (CPU goals of the project)
@@ -197,6 +198,7 @@ def measure(args: argparse.Namespace) -> dict:
         "machine": machine(),
         "load_average_before": load_before,
         "date": datetime.date.today().isoformat(),
+        "git_commit": git_commit(),
         "command": "python -m benchmarks.early_exit_latency " + " ".join(args.argv),
         "batch_sizes": {},
     }
@@ -222,7 +224,8 @@ def table(result: dict) -> list[str]:
         f"- Command: `{result['command']}`",
         f"- Machine: {result['machine']}, {result['threads']} thread(s); 1-minute load average "
         f"{result['load_average_before']:.2f} at the start",
-        f"- Date: {result['date']}; {result['rounds']} interleaved rounds; raw seconds in the .json beside this file",
+        f"- Date: {result['date']}, code at commit {result.get('git_commit') or 'unknown'}; {result['rounds']} "
+        "interleaved rounds; raw seconds in the .json beside this file",
         "",
         "| batch | variant | threshold | layer ratio | ms per batch | speed-up over HF (median, min–max) "
         "| measured / layer ratio |",
