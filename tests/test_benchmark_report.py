@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from benchmarks.glue_tradeoff import run as driver
-from benchmarks.glue_tradeoff.cells import TARGETS
+from benchmarks.glue_tradeoff.cells import TARGETS, area_cell
 from benchmarks.glue_tradeoff.findings import FINDINGS, findings_lines, numbers_not_in_tables, stale_findings
 from benchmarks.glue_tradeoff.header import code_line
 from benchmarks.glue_tradeoff.kept_runs import chosen_epoch, load_runs, load_sensitivity, load_tuning
@@ -396,3 +396,129 @@ def test_ablation_overrides_are_what_hydra_reads(tmp_path):
     assert len(chosen_variants(None)) == sum(map(len, VARIANTS.values()))
     with pytest.raises(SystemExit, match="unknown variant.*loss.alpha=7.*the variants are: loss.alpha=0"):
         chosen_variants(["loss.alpha=7"])
+
+
+SPEEDUPS = (1.0, 1.5, 2.0, 3.0)  # one threshold per speed-up, on both splits: calibrated at t reads dev at t
+
+
+def write_kept_run(kept, task: str, method: str, seed: int, rule: str, dev: dict[str, tuple[float, ...]]) -> None:
+    """A finished run's kept outputs as the driver keeps them (`<kept>/<task>/<method>/seed<seed>/`):
+    `dev` maps each swept rule to its dev score at `SPEEDUPS` (the first: full depth); the
+    calibration split scores the same at the same speed-ups."""
+    folder = driver.run_dir(kept, task, method, seed)
+    folder.mkdir(parents=True)
+    full = dev[rule][0]
+    scores = {split: {"accuracy": [0.5, full]} for split in ("calibration", "validation")}
+    results = {"task": task, "scores": scores, "config": {"seed": seed, "exit": {"rule": rule}}, "wall_time_s": 60.0}
+    (folder / "results.json").write_text(json.dumps(results))
+    rows = ["split,rule,params,threshold,speedup,accuracy"]
+    for split in ("calibration", "validation"):
+        for name, values in dev.items():
+            rows += [f'{split},{name},"{{}}",{t},{s},{v}' for t, (s, v) in enumerate(zip(SPEEDUPS, values))]
+    (folder / "sweep.csv").write_text("\n".join(rows) + "\n")
+
+
+def without_sections(text: str, *titles: str) -> str:
+    """`text` less each `## <title>` section (up to the next `## ` heading) and its header's Runs line."""
+    for title in titles:
+        head, found, rest = text.partition(f"## {title}\n")
+        if found:
+            text = head + rest[rest.index("\n## ") + 1 :] if "\n## " in rest else head
+    return "\n".join(line for line in text.splitlines() if not line.startswith("- Runs: "))
+
+
+def test_the_chosen_de3_is_reported_beside_the_protocols_de3(glue_dir, tmp_path, monkeypatch):
+    from benchmarks.glue_tradeoff.de3_tuned import de3_tuned_section, missing_runs_line
+
+    kept, tuned = tmp_path / "kept", tmp_path / "tuned.json"
+    monkeypatch.setattr("benchmarks.glue_tradeoff.tuning.TUNED", tuned)
+    monkeypatch.setattr("benchmarks.glue_tradeoff.findings.FINDINGS", tmp_path / "findings.md")
+    protocol = {  # seed → dev score at SPEEDUPS
+        "de3": {42: (0.80, 0.79, 0.78, 0.70), 43: (0.78, 0.77, 0.74, 0.69), 44: (0.60, 0.60, 0.60, 0.60)},
+        "pabee": {42: (0.82, 0.80, 0.75, 0.65), 43: (0.80, 0.79, 0.76, 0.66), 44: (0.70, 0.70, 0.70, 0.70)},
+    }
+    for method, by_seed in protocol.items():
+        rule = "edr" if method == "de3" else "patience"
+        for seed, values in by_seed.items():
+            write_kept_run(kept, "rte", method, seed, rule, {rule: values, "entropy": values})
+    protocol_runs = load_runs(kept)
+    chosen = {  # seed → its rules' dev scores at SPEEDUPS, on the same checkpoint
+        42: {"edr": (0.84, 0.83, 0.81, 0.72), "entropy": (0.84, 0.82, 0.80, 0.72)},
+        43: {"edr": (0.81, 0.80, 0.79, 0.70), "entropy": (0.81, 0.81, 0.77, 0.71)},
+    }
+    for seed, dev in chosen.items():
+        write_kept_run(kept, "rte", driver.DE3_TUNED, seed, "edr", dev)
+    runs = load_runs(kept)
+    assert sorted(r.seed for r in runs if r.method == driver.DE3_TUNED) == [42, 43]
+
+    # no de3-tuned runs, no recipes: not a word of them
+    learning_rates = {"task": "sst2", "seed": 42, "criterion": "area", "tried": {"de3": {"lr=1": 0.9}}}
+    tuned.write_text(json.dumps({**learning_rates, "picked": {"de3": "lr=1"}}))
+    before = report(protocol_runs, {}, "the command", tmp_path, glue_dir)
+    assert driver.DE3_TUNED not in before and "set up well" not in before
+
+    # the recipes picked, no de3-tuned run yet: the recipes and every run still missing, nothing else
+    recipes = {
+        "criterion": "area 1×–2.90×",
+        "configurations": {"joint": "experiment=de3", "two-stage": "experiment=de3_two_stage"},
+        "tried": {"joint": 0.9122, "two-stage": 0.9187},
+        "picked": "two-stage",
+    }
+    tuned.write_text(json.dumps({**learning_rates, "picked": {"de3": "lr=1"}, "recipes": {"de3-tuned": recipes}}))
+    picked = report(protocol_runs, {}, "the command", tmp_path, glue_dir)
+    section = picked.split("## DE³ set up well, chosen fairly\n")[1].split("\n## ")[0]
+    assert "| two-stage | `experiment=de3_two_stage` | 91.87 |" in section and "Picked: **two-stage**." in section
+    assert "0 of 16 runs finished; still missing: rte seeds 42, 43, 44; mrpc seeds 42, 43, 44, 45, 46; " in section
+    assert "### " not in section and "Until they are in" not in section  # no run to read
+    assert without_sections(picked, "DE³ set up well, chosen fairly") == without_sections(before)
+    # the protocol's own recipe picked: de3-tuned is de3, nothing is missing
+    tuned.write_text(json.dumps({**learning_rates, "recipes": {"de3-tuned": {**recipes, "picked": "joint"}}}))
+    joint = "\n".join(de3_tuned_section({"rte": {}}, ["rte"]))
+    assert "That is the protocol's own `de3`" in joint and "missing" not in joint
+
+    # two seeds of rte in: they are read beside de3 on the same seeds, and every other seed is named missing
+    tuned.write_text(json.dumps({**learning_rates, "picked": {"de3": "lr=1"}}))  # no recipes: the runs alone
+    text = report(runs, {}, "the command", tmp_path, glue_dir)
+    assert "- Runs: 8 of " in text and "(111 main, 30 compute-matched, 16 de3-tuned)" in text
+    section = text.split("## DE³ set up well, chosen fairly\n")[1].split("\n## ")[0]
+    assert "2 of 16 runs finished; still missing: rte seed 44; mrpc seeds 42, 43, 44, 45, 46; cola" in section
+    assert "Until they are in, each table below reads the seeds there are" in section
+    table = section.split("### rte (accuracy; seeds 42, 43)\n")[1].split("###")[0]
+    assert "| area 1–3.00× (oracle) |" in table  # the range of rte's own table
+    de3_row = next(line for line in table.splitlines() if line.startswith("| de3 | edr |"))
+    assert de3_row.split(" | ")[2] == "79.0 ± 1.4 (2)"  # seeds 42 and 43 only: (80 + 78) / 2
+    tuned_row = next(line for line in table.splitlines() if line.startswith("| de3-tuned | edr |"))
+    cells = tuned_row.split(" | ")
+    assert cells[2] == "82.5 ± 2.1 (2)" and cells[5] == "80.0 ± 1.4 (2) @ 2.00×, 2.00–2.00"
+    # the area by trapezoids over (1, 1.5, 2, 3): seed 42 79.625, seed 43 77.25
+    assert cells[-1] == "78.4 ± 1.7 (2) |"
+
+    def paired_row(reading: str, method: str) -> str:
+        block = section.split(f"### de3-tuned minus each method, {reading}\n")[1].split("###")[0]
+        return next(line for line in block.splitlines() if line.startswith(f"| {method} |"))
+
+    # by hand: de3-tuned minus the other on seeds 42 and 43 (its seed 44 has no pair)
+    assert paired_row("full depth", "de3") == "| de3 | +3.5 ± 0.7 (2/2) |"  # +4, +3
+    assert paired_row("full depth", "pabee") == "| pabee | +1.5 ± 0.7 (2/2) |"  # +2, +1
+    assert paired_row("2.0× speed-up, calibrated", "de3") == "| de3 | +4.0 ± 1.4 (2/2) |"  # +3, +5
+    assert paired_row("2.0× speed-up, calibrated", "pabee") == "| pabee | +4.5 ± 2.1 (2/2) |"  # +6, +3
+    assert paired_row("3.0× speed-up, calibrated", "pabee") == "| pabee | +5.5 ± 2.1 (2/2) |"  # +7, +4
+    assert paired_row("2.0× speed-up, calibrated", "deebert") == "| deebert | — |"  # no run of it
+    # EDR against entropy on the same de3-tuned checkpoints, seed by seed
+    rules = text.split("## Rule effect: every exit rule on the same `de3-tuned` runs\n")[1].split("\n## ")[0]
+    assert "| edr − entropy, paired by seed | +0.0 ± 1.4 (1/2) | +1.5 ± 0.7 (2/2) | -0.5 ± 0.7 (0/2) |" in rules
+    assert "| entropy | 81.5 ± 0.7 (2) @ 1.50×, 1.50–1.50 |" in rules
+    # and every other table as without them
+    assert without_sections(
+        text, "DE³ set up well, chosen fairly", "Rule effect: every exit rule on the same `de3-tuned` runs"
+    ) == without_sections(before)
+
+    # every planned run in: none missing
+    every = {
+        task: {driver.DE3_TUNED: [dataclasses.replace(runs[-1], task=task, seed=seed) for seed in seeds]}
+        for task, seeds in ((t, driver.seeds_of(t, driver.SEEDS)) for t in driver.TASKS)
+    }
+    assert missing_runs_line(every) == "All 16 `de3-tuned` runs are in."
+    # a run whose frontier stops short of the table's range has no area there
+    short = dataclasses.replace(runs[-1], rows=[r for r in runs[-1].rows if r["speedup"] <= 2.0])
+    assert area_cell([short], 3.0) == "not reached"

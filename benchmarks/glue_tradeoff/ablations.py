@@ -7,22 +7,35 @@ import json
 
 from benchmarks.glue_tradeoff.cells import TARGETS, calibrated, calibrated_cell, cell, mean_std, section, table_header
 from benchmarks.glue_tradeoff.kept_runs import ByTask, Run, calibrated_reading, read_sweep_csv
+from benchmarks.glue_tradeoff.paired import paired_gap, scores_by_seed
 from benchmarks.glue_tradeoff.run import LAMBDA_FILE, LAMBDAS
 from de3.data.tasks import GLUE_TASKS
 
 RULE_ORDER = ("edr", "dr", "entropy", "maxprob", "patience", "pcee", "dge")
 
 
-def rule_effect_section(by_task: ByTask, tasks: list[str]) -> list[str]:
-    """Every rule on the same de3-trained runs: the rule's effect apart from training's."""
-    lines = section(
-        "Rule effect: every exit rule on the same `experiment=de3` runs",
-        "Same checkpoints, so differences here come from the exit rule alone. Calibrated readings.",
-    )
-    for task in tasks:
-        runs = by_task[task].get("de3", [])
-        if not runs:
-            continue
+def rule_effect_section(
+    by_task: ByTask,
+    tasks: list[str],
+    method: str = "de3",
+    runs_named: str = "experiment=de3",
+    paired_rules: tuple[str, str] | None = None,
+) -> list[str]:
+    """Every rule on the same runs of `method` (called `runs_named`): the rule's effect apart from
+    training's; with `paired_rules` (a, b), a last row of a minus b on the same checkpoints, seed by
+    seed. Nothing without runs of `method`."""
+    found = [(task, runs) for task in tasks if (runs := by_task[task].get(method))]
+    if not found:
+        return []
+    text = "Same checkpoints, so differences here come from the exit rule alone. Calibrated readings."
+    if paired_rules:
+        first, second = paired_rules
+        text += (
+            f" Last row: {first} minus {second} on the same run, seed by seed (×100, mean ± std over seeds, and "
+            f"on how many seeds {first} scored higher), each rule at its own calibrated threshold."
+        )
+    lines = section(f"Rule effect: every exit rule on the same `{runs_named}` runs", text)
+    for task, runs in found:
         rules = [r for r in RULE_ORDER if any(row["rule"] == r for row in runs[0].rows)]
         lines += [
             f"### {task}",
@@ -31,6 +44,9 @@ def rule_effect_section(by_task: ByTask, tasks: list[str]) -> list[str]:
         ]
         for rule in rules:
             lines.append(f"| {rule} | " + " | ".join(calibrated(runs, t, rule)[0] for t in TARGETS) + " |")
+        if paired_rules:
+            gaps = [paired_gap(*(scores_by_seed(runs, t, rule) for rule in paired_rules)) for t in TARGETS]
+            lines.append(f"| {' − '.join(paired_rules)}, paired by seed | " + " | ".join(gaps) + " |")
         lines.append("")
     return lines
 

@@ -64,5 +64,10 @@ def calibrated(runs: list[Run], target: float, rule: str | None = None) -> tuple
 
 def area_cell(runs: list[Run], upto: float) -> str:
     """The mean score under each run's dev Pareto frontier over 1×–`upto`, over seeds ("—"
-    without runs or without a common range, when some run never exits early)."""
-    return mean_std([frontier_area(r.points(), upto) for r in runs]) if runs and upto > 1.0 else "—"
+    without runs or without a common range, when some run never exits early; "not reached" when
+    some run's frontier stops short of `upto`, which another table's runs set)."""
+    if not runs or upto <= 1.0:
+        return "—"
+    if any(r.score_at(upto) is None for r in runs):
+        return "not reached"
+    return mean_std([frontier_area(r.points(), upto) for r in runs])

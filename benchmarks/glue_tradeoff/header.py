@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime
 
 from benchmarks.glue_tradeoff.cells import INTERPOLATED
+from benchmarks.glue_tradeoff.de3_tuned import planned_seeds
 from benchmarks.glue_tradeoff.kept_runs import Run
 from benchmarks.glue_tradeoff.run import (
+    DE3_TUNED,
     EPOCHS,
     MATCHED_METHODS,
     MATCHED_TASKS,
@@ -32,13 +34,17 @@ def header(runs: list[Run], tasks: list[str], command: str) -> list[str]:
     chosen_on = sorted({r.chosen_on for r in runs})
     planned = sum(applicable(t, m) * len(seeds_of(t, SEEDS)) for t in TASKS for m in METHODS)
     matched = sum(len(MATCHED_METHODS) * len(seeds_of(t, SEEDS)) for t in MATCHED_TASKS)
+    # the chosen DE³'s runs counted once there are any (none when --tune-de3 picked the protocol's de3)
+    chosen = sum(map(len, planned_seeds(DE3_TUNED).values())) if any(r.method == DE3_TUNED for r in runs) else 0
     return [
         "# Speed–accuracy trade-off of every method on GLUE (MiniLM, CPU)",
         "",
         f"- Command: `{command}`, then `python -m benchmarks.glue_tradeoff.report`",
         f"- Machine: {machine()}",
         f"- Date: {datetime.date.today().isoformat()}",
-        f"- Runs: {len(runs)} of {planned + matched} finished ({planned} main, {matched} compute-matched); "
+        f"- Runs: {len(runs)} of {planned + matched + chosen} finished ({planned} main, {matched} compute-matched"
+        + (f", {chosen} {DE3_TUNED}" if chosen else "")
+        + "); "
         f"total wall time {sum(r.wall_time_s for r in runs) / 3600:.1f} h "
         "(training + evaluation + sweep, per run); their text outputs are in `runs/`",
         f"- Code: {code_line(commits)}",

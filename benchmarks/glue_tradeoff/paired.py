@@ -15,9 +15,10 @@ from de3.data.tasks import GLUE_TASKS
 PAST_TARGETS = (4.0, 5.0)  # read after the runs, past the fixed targets: see past_the_targets_section
 
 
-def scores_by_seed(runs: list[Run], target: float | None) -> dict[int, float | None]:
-    """Seed → full-depth dev score (`target` None) or calibrated dev score at `target`."""
-    return {r.seed: r.full_depth if target is None else (r.calibrated_at(target) or (None,))[0] for r in runs}
+def scores_by_seed(runs: list[Run], target: float | None, rule: str | None = None) -> dict[int, float | None]:
+    """Seed → full-depth dev score (`target` None) or calibrated dev score at `target`, read with
+    each run's own exit rule or `rule`."""
+    return {r.seed: r.full_depth if target is None else (r.calibrated_at(target, rule) or (None,))[0] for r in runs}
 
 
 def paired_gap(ours: dict[int, float | None], theirs: dict[int, float | None]) -> str:
@@ -41,22 +42,23 @@ def paired_against_de3_section(by_task: ByTask, tasks: list[str]) -> list[str]:
         "both have), and on how many of those seeds de3 scored higher; each method with its own exit rule.",
     )
     for target in TARGETS:
-        lines += [f"### {target}× speed-up", "", *de3_minus_each_baseline(by_task, tasks, target)]
+        lines += [f"### {target}× speed-up", "", *minus_each_baseline(by_task, tasks, target)]
     return lines
 
 
-def de3_minus_each_baseline(by_task: ByTask, tasks: list[str], target: float) -> list[str]:
-    """One table: de3 minus each baseline at `target`, calibrated, paired by seed, per classification task."""
-    classification = [t for t in tasks if not GLUE_TASKS[t].is_regression and by_task[t].get("de3")]
-    by_seed = {  # (task, method) → seed → calibrated dev score at this target, each computed once
-        (task, method): scores_by_seed(by_task[task].get(method, []), target)
+def minus_each_baseline(by_task: ByTask, tasks: list[str], target: float | None, method: str = "de3") -> list[str]:
+    """One table: `method` minus each other method of the protocol, paired by seed, per classification
+    task `method` has runs on: calibrated at `target`, or at full depth with `target` None."""
+    classification = [t for t in tasks if not GLUE_TASKS[t].is_regression and by_task[t].get(method)]
+    by_seed = {  # (task, method) → seed → dev score at this reading, each computed once
+        (task, name): scores_by_seed(by_task[task].get(name, []), target)
         for task in classification
-        for method in METHODS  # not the compute-matched runs: no row here reads them
+        for name in dict.fromkeys((method, *METHODS))  # not the compute-matched runs: no row here reads them
     }
     lines = table_header("baseline", *classification)
-    for method in (m for m in METHODS if m != "de3"):
-        cells = [paired_gap(by_seed[task, "de3"], by_seed[task, method]) for task in classification]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    for other in (m for m in METHODS if m != method):
+        cells = [paired_gap(by_seed[task, method], by_seed[task, other]) for task in classification]
+        lines.append(f"| {other} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
@@ -76,7 +78,7 @@ def past_the_targets_section(by_task: ByTask, tasks: list[str]) -> list[str]:
     )
     for target in PAST_TARGETS:
         lines += [f"### {target}× speed-up, calibrated", "", *methods_by_task(by_task, tasks, target, calibrated)]
-        lines += [f"de3 minus each baseline at {target}×:", "", *de3_minus_each_baseline(by_task, tasks, target)]
+        lines += [f"de3 minus each baseline at {target}×:", "", *minus_each_baseline(by_task, tasks, target)]
     return lines
 
 

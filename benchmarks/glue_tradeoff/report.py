@@ -12,12 +12,15 @@ Beside them: the area under each dev frontier over the speed-ups every run of a 
 each method's retention of its own full depth, the calibrated readings past the fixed targets (4×
 and 5×, exploratory: chosen after reading the curves), and, per task, the best constant answer's dev
 score (from the GLUE dev file, `--data-dir`), with the task marked at chance when every method's
-full depth stays within 3 points of it.
+full depth stays within 3 points of it. The chosen DE³ (`de3-tuned`: `run.py --tune-de3`'s pick,
+run with `--methods de3-tuned`) has a section of its own beside the protocol's `de3`, which names
+its runs still missing, and its own rule-effect table.
 
 This module puts RESULTS.md together; each part is made beside it: `kept_runs` (the runs read
 back), `cells` (a cell's reading, the markdown), `header`, `tables`, `paired` (one method minus
 another, seed by seed), `tuning`, `ablations`, `chance`, `findings` (the reading above the
-tables, and its check), `curves` (the PNGs) and `readme` (README's copy of two tables).
+tables, and its check), `de3_tuned` (the chosen DE³ beside the protocol's), `curves` (the PNGs) and
+`readme` (README's copy of two tables).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from benchmarks.glue_tradeoff.ablations import ablations_section, lambda_section
 from benchmarks.glue_tradeoff.cells import TARGETS
 from benchmarks.glue_tradeoff.chance import DEFAULT_GLUE_DIR
 from benchmarks.glue_tradeoff.curves import plot_task
+from benchmarks.glue_tradeoff.de3_tuned import de3_tuned_section
 from benchmarks.glue_tradeoff.findings import findings_lines, stale_findings
 from benchmarks.glue_tradeoff.header import header
 from benchmarks.glue_tradeoff.kept_runs import ByTask, Run, load_runs, load_sensitivity, load_tuning
@@ -39,7 +43,7 @@ from benchmarks.glue_tradeoff.paired import (
     past_the_targets_section,
 )
 from benchmarks.glue_tradeoff.readme import README, readme_with_tables
-from benchmarks.glue_tradeoff.run import KEPT_RUNS, TASKS
+from benchmarks.glue_tradeoff.run import DE3_TUNED, KEPT_RUNS, TASKS
 from benchmarks.glue_tradeoff.tables import (
     full_depth_by_seed_section,
     main_tables,
@@ -73,6 +77,7 @@ def report(
         lines += task_table(task, by_task[task], data_dir)
         plot_task(task, by_task[task], figures / f"curves_{task}.png")
     lines += tuning_section(tuning or {})
+    lines += de3_tuned_section(by_task, tasks)
     lines += compute_matched_section(by_task, tasks)
     lines += paired_against_de3_section(by_task, tasks)
     lines += past_the_targets_section(by_task, tasks)
@@ -80,6 +85,7 @@ def report(
     lines += full_depth_by_seed_section(by_task, tasks)
     lines += per_exit_section(by_task, tasks)
     lines += rule_effect_section(by_task, tasks)
+    lines += rule_effect_section(by_task, tasks, DE3_TUNED, DE3_TUNED, ("edr", "entropy"))
     lines += lambda_section(by_task, tasks)
     lines += ablations_section(by_task, sensitivity)
     return "\n".join(lines)

@@ -48,36 +48,51 @@ def task_table(task: str, by_method: dict[str, list[Run]], data_dir: Path) -> li
     """A task's section: the constant answer (`chance_note`, GLUE files at `data_dir`), its curves,
     and each method's full depth, calibrated and oracle readings and area over the speed-ups all
     of them reach."""
-    spec = GLUE_TASKS[task]
-    upto = min((r.fastest() for m in METHODS for r in by_method.get(m, [])), default=1.0)  # this table's runs
+    upto = area_range(by_method)
     lines = [
-        f"## {task} ({spec.main_metric})",
+        f"## {task} ({GLUE_TASKS[task].main_metric})",
         "",
         *chance_note(task, {m: by_method.get(m, []) for m in METHODS}, data_dir),
         f"![{task}](curves_{task}.png)",
         "",
-        *table_header(
-            "method",
-            "rule",
-            "full depth",
-            *(f"{t}× {kind}" for t in TARGETS for kind in ("calibrated", "oracle")),
-            f"area 1–{upto:.2f}× (oracle)" if upto > 1.0 else "area (some run never exits early)",
-            names=2,
-        ),
+        *method_rows_header(upto),
     ]
     for method in METHODS:
-        method_runs = by_method.get(method, [])
         if not applicable(task, method):
             lines.append(
                 f"| {method} | — | n/a: prototypes need classes | " + " | ".join("—" for _ in TARGETS * 2) + " | — |"
             )
             continue
-        rule = method_runs[0].rule if method_runs else "—"
-        cells = [cell(method_runs, None)[0]]
-        cells += [c for t in TARGETS for c in (calibrated(method_runs, t)[0], cell(method_runs, t)[0])]
-        cells.append(area_cell(method_runs, upto))
-        lines.append(f"| {method} | {rule} | " + " | ".join(cells) + " |")
+        lines.append(method_row(method, by_method.get(method, []), upto))
     return [*lines, ""]
+
+
+def area_range(by_method: dict[str, list[Run]]) -> float:
+    """The fastest speed-up every run of a task's protocol methods (`METHODS`) reaches on dev: the
+    range of the areas in its table (1.0 when some run never exits early)."""
+    return min((r.fastest() for m in METHODS for r in by_method.get(m, [])), default=1.0)
+
+
+def method_rows_header(upto: float) -> list[str]:
+    """The header of a task's table (`method_row`), its areas over 1×–`upto`."""
+    return table_header(
+        "method",
+        "rule",
+        "full depth",
+        *(f"{t}× {kind}" for t in TARGETS for kind in ("calibrated", "oracle")),
+        f"area 1–{upto:.2f}× (oracle)" if upto > 1.0 else "area (some run never exits early)",
+        names=2,
+    )
+
+
+def method_row(method: str, runs: list[Run], upto: float) -> str:
+    """`method`'s row of a task's table: its rule, full depth, calibrated and oracle readings at
+    every target, and the area under its dev frontier over 1×–`upto`."""
+    rule = runs[0].rule if runs else "—"
+    cells = [cell(runs, None)[0]]
+    cells += [c for t in TARGETS for c in (calibrated(runs, t)[0], cell(runs, t)[0])]
+    cells.append(area_cell(runs, upto))
+    return f"| {method} | {rule} | " + " | ".join(cells) + " |"
 
 
 def retention_section(by_task: ByTask, tasks: list[str]) -> list[str]:

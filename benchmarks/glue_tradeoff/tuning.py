@@ -10,12 +10,17 @@ from benchmarks.glue_tradeoff.run import TUNED
 from de3.sweep import frontier_area
 
 
+def tuned_file() -> dict | None:
+    """`tuned.json` (written by `run.py --tune` and `--tune-de3`), None before tuning."""
+    return json.loads(TUNED.read_text()) if TUNED.is_file() else None
+
+
 def tuning_section(tuning: dict[tuple[str, str], Run]) -> list[str]:
     """What each method tried and picked (`tuned.json`, written by `run.py --tune`), and the same
     tuning runs read on dev, which played no part in the choice."""
-    if not TUNED.is_file():
+    tuned = tuned_file()
+    if tuned is None:
         return section("Hyperparameters", "Not tuned: every run used the configs' defaults (`run.py --untuned`).")
-    tuned = json.loads(TUNED.read_text())
     configs = list(next(iter(tuned["tried"].values())))
     lines = section(
         "Hyperparameters: the same configurations tried by every method",
