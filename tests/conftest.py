@@ -111,7 +111,10 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """`python run.py *args` as a user runs it, logs under `cwd`, on the fake GLUE files (with no
     calibration split: the fake files are too small)."""
-    env = {**os.environ, "DE3_GLUE_DIR": str(glue_dir), "WANDB_SILENT": "true", **(env or {})}
+    # WANDB_SERVICE: set once this test process has started W&B; inherited, it would make the child
+    # share this process's W&B service, which keeps a SIGKILLed child's run id "in use"
+    inherited = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    env = {**inherited, "DE3_GLUE_DIR": str(glue_dir), "WANDB_SILENT": "true", **(env or {})}
     return subprocess.run(
         [sys.executable, str(REPO / "run.py"), *args, NO_CALIBRATION, f"paths.log_dir={cwd}"],
         capture_output=True,
