@@ -48,12 +48,17 @@ class TextTaskAPI(ls.LitAPI):
         batch_timeout: float = 0.01,
         api_path: str = "/predict",
         threads: int | None = None,
-        loop: Any = "auto",
     ) -> None:
-        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path, loop=loop)
+        super().__init__(
+            max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path, loop=self.make_loop()
+        )
         self.predictor = predictor
         self.threads = threads
         self.max_chars = max_chars_for(predictor.max_seq_length)
+
+    def make_loop(self) -> Any:
+        """The LitServe loop that runs this API: LitServe's own choice here."""
+        return "auto"
 
     def setup(self, device: str) -> None:
         """In the inference process: `threads` torch threads (None: one on the CPU, where each
@@ -84,15 +89,9 @@ class EarlyExitAPI(TextTaskAPI):
     and probability; speedup = layers / exit layer; latency_ms: from when the HTTP process queued
     the request for the inference process to when that process answered it)."""
 
-    def __init__(
-        self,
-        predictor: EarlyExitPredictor,
-        max_batch_size: int = 8,
-        batch_timeout: float = 0.01,
-        api_path: str = "/predict",
-        threads: int | None = None,
-    ) -> None:
-        super().__init__(predictor, max_batch_size, batch_timeout, api_path, threads, loop=CohortLoop())
+    def make_loop(self) -> CohortLoop:
+        """Layer-by-layer continuous batching through `start` and `advance`."""
+        return CohortLoop()
 
     def start(self, features: Sequence[dict[str, Any]]) -> LayerwiseBatch:
         """Requests that arrived together (their `features`), embedded as one batch."""
