@@ -173,15 +173,8 @@ class EarlyExitPredictor:
         """Deploy a training run (its output folder): the checkpoint its `thresholds.json` was
         computed on, the threshold that reached `target_speedup` there (or `threshold`), and the
         rule's recorded parameters, each overridden by the one given in `params`."""
-        setting = resolve_exit_setting(
-            rule,
-            run_dir=run_dir,
-            threshold=threshold,
-            target_speedup=target_speedup,
-            params=params,
-            precision=kwargs.get("precision"),
-        )
-        return cls.from_setting(setting, **kwargs)
+        where = {"run_dir": run_dir}
+        return cls._from_resolved(rule, where, threshold, target_speedup, params, kwargs)
 
     @classmethod
     def from_checkpoint(
@@ -195,9 +188,24 @@ class EarlyExitPredictor:
     ) -> EarlyExitPredictor:
         """Load a checkpoint; the threshold is given, or read for `target_speedup` from the
         `thresholds.json` of its run folder, which must have been computed on this very file."""
+        where = {"checkpoint": path}
+        return cls._from_resolved(rule, where, threshold, target_speedup, params, kwargs)
+
+    @classmethod
+    def _from_resolved(
+        cls,
+        rule: str,
+        where: dict[str, str | Path],
+        threshold: float | None,
+        target_speedup: float | None,
+        params: Mapping[str, Any] | None,
+        kwargs: dict[str, Any],
+    ) -> EarlyExitPredictor:
+        """`from_setting` on the setting `resolve_exit_setting` finds `where` (a run folder or a
+        checkpoint), in the precision asked for in `kwargs` if any."""
         setting = resolve_exit_setting(
             rule,
-            checkpoint=path,
+            **where,
             threshold=threshold,
             target_speedup=target_speedup,
             params=params,
