@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 
+import pandas as pd
 import pytest
 
 from benchmarks.glue_tradeoff import run as driver
@@ -84,6 +85,23 @@ def test_report_tables_from_kept_run_outputs(tiny_config, glue_dir, tmp_path, mo
         ) in paired
     assert "## Rule effect" in text and "| edr |" in text
     assert "| 16 |" in text.split("EDR's λ")[1]  # λ re-simulated by the driver (edr_lambda.csv)
+    assert "`de3-tuned` runs' exit caches" not in text  # no such run: no section
+    # a de3-tuned run (here de3's outputs, every dev score of its λ file set to 0) gets its own λ table
+    tuned_folder = kept / "rte" / "de3-tuned" / "seed42"
+    shutil.copytree(kept / "rte" / "de3" / "seed42", tuned_folder)
+    swept = pd.read_csv(tuned_folder / driver.LAMBDA_FILE)
+    swept.loc[swept["split"] == "validation", "accuracy"] = 0.0
+    swept.to_csv(tuned_folder / driver.LAMBDA_FILE, index=False, na_rep="nan")
+    lambdas = report(load_runs(kept), {}, "the command", tmp_path, glue_dir).split("\n## EDR's λ, re-simulated from ")
+    assert [part.split("\n")[0] for part in lambdas[1:]] == [
+        "the `experiment=de3` runs' exit caches",
+        "the `de3-tuned` runs' exit caches",
+    ]
+    rows = [line for line in lambdas[2].split("\n## ")[0].splitlines() if line.startswith("| ") and "λ" not in line]
+    tuned_cells = [cell for line in rows for cell in line.strip("| ").split(" | ")[1:]]
+    reached = [cell for cell in tuned_cells if cell != "not reached"]
+    assert reached and all(cell.startswith("0.0 (1) @ ") for cell in reached)
+    shutil.rmtree(tuned_folder)
     # the task's heading: the best constant answer, counted from fake RTE's dev labels here
     labels = [line.rsplit("\t", 1)[-1] for line in (glue_dir / "RTE" / "dev.tsv").read_text().splitlines()[1:]]
     majority = max(labels.count(name) for name in set(labels)) / len(labels)
@@ -508,10 +526,18 @@ def test_the_chosen_de3_is_reported_beside_the_protocols_de3(glue_dir, tmp_path,
     rules = text.split("## Rule effect: every exit rule on the same `de3-tuned` runs\n")[1].split("\n## ")[0]
     assert "| edr − entropy, paired by seed | +0.0 ± 1.4 (1/2) | +1.5 ± 0.7 (2/2) | -0.5 ± 0.7 (0/2) |" in rules
     assert "| entropy | 81.5 ± 0.7 (2) @ 1.50×, 1.50–1.50 |" in rules
+    # a row of its own in the tables of all methods, right after de3's
+    headline = text.split("## All methods at 2.0× speed-up, calibrated\n")[1].split("\n## ")[0]
+    methods = [line.split(" | ")[0] for line in headline.splitlines() if line.startswith("| ")]
+    assert methods[1:3] == ["| de3", "| de3-tuned"]  # after the header
+    assert "| de3-tuned | 80.0 ± 1.4 (2) @ 2.00×, 2.00–2.00 | 80.0 |" in headline
     # and every other table as without them
-    assert without_sections(
+    rest = without_sections(
         text, "DE³ set up well, chosen fairly", "Rule effect: every exit rule on the same `de3-tuned` runs"
-    ) == without_sections(before)
+    )
+    assert "\n".join(line for line in rest.splitlines() if not line.startswith("| de3-tuned |")) == without_sections(
+        before
+    )
 
     # every planned run in: none missing
     every = {

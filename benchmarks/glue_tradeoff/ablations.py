@@ -51,16 +51,20 @@ def rule_effect_section(
     return lines
 
 
-def lambda_section(by_task: ByTask, tasks: list[str]) -> list[str]:
-    """EDR's λ re-simulated from the de3 runs' exit caches by the driver (`edr_lambda.csv`; no
-    retraining: λ only enters the rule)."""
+def lambda_section(
+    by_task: ByTask, tasks: list[str], method: str = "de3", runs_named: str = "experiment=de3"
+) -> list[str]:
+    """EDR's λ re-simulated from the exit caches of `method`'s runs (called `runs_named`) by the
+    driver (`edr_lambda.csv`; no retraining: λ only enters the rule). Nothing without such runs."""
+    if not any((r.folder / LAMBDA_FILE).is_file() for task in tasks for r in by_task[task].get(method, [])):
+        return []
     lines = section(
-        "EDR's λ, re-simulated from the `experiment=de3` runs' exit caches",
+        f"EDR's λ, re-simulated from the `{runs_named}` runs' exit caches",
         "EDR = (λ + 1) / (λ/DR + 1/Entropy): λ = 0 is entropy alone, large λ approaches DR alone. "
         "Calibrated readings (thresholds chosen on calibration for each λ, scored on dev).",
     )
     for task in tasks:
-        runs = [r for r in by_task[task].get("de3", []) if (r.folder / LAMBDA_FILE).is_file()]
+        runs = [r for r in by_task[task].get(method, []) if (r.folder / LAMBDA_FILE).is_file()]
         if not runs:
             continue
         lines += [f"### {task}", "", *table_header("λ", *(f"{t}×" for t in TARGETS))]

@@ -14,7 +14,7 @@ and 5×, exploratory: chosen after reading the curves), and, per task, the best 
 score (from the GLUE dev file, `--data-dir`), with the task marked at chance when every method's
 full depth stays within 3 points of it. The chosen DE³ (`de3-tuned`: `run.py --tune-de3`'s pick,
 run with `--methods de3-tuned`) has a section of its own beside the protocol's `de3`, which names
-its runs still missing, and its own rule-effect table.
+its runs still missing, its own rule-effect and λ tables, and a row in the tables of all methods.
 
 This module puts RESULTS.md together; each part is made beside it: `kept_runs` (the runs read
 back), `cells` (a cell's reading, the markdown), `header`, `tables`, `paired` (one method minus
@@ -87,6 +87,7 @@ def report(
     lines += rule_effect_section(by_task, tasks)
     lines += rule_effect_section(by_task, tasks, DE3_TUNED, DE3_TUNED, ("edr", "entropy"))
     lines += lambda_section(by_task, tasks)
+    lines += lambda_section(by_task, tasks, DE3_TUNED, DE3_TUNED)
     lines += ablations_section(by_task, sensitivity)
     return "\n".join(lines)
 
