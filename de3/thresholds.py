@@ -360,31 +360,7 @@ def resolve_exit_setting(
         exit_rule, {**dict((recorded if recorded is not None else defaults) or {}), **(params or {})}
     )
     if target_speedup is not None:
-        point = run.point(rule, target_speedup)
-        run.check_checkpoint(path)
-        threshold = point["threshold"]
-        if chosen != validate_params(exit_rule, recorded):
-            log.warning(
-                "exit.params.%s %s differ from %s recorded in %s: threshold %.6g no longer means the "
-                "recorded %.2f× speed-up",
-                rule,
-                json.dumps(chosen),
-                json.dumps(recorded),
-                run.path,
-                threshold,
-                point["speedup"],
-            )
-        if precision is not None and precision != run.precision:
-            log.warning(
-                "the thresholds in %s were chosen on an exit cache computed in %s: run in %s, threshold %.6g "
-                "no longer means the recorded %.2f× speed-up (sweep again with exit.precision=%s)",
-                run.path,
-                run.precision,
-                precision,
-                threshold,
-                point["speedup"],
-                precision,
-            )
+        threshold = _recorded_threshold(run, exit_rule, target_speedup, path, chosen, precision)
     threshold = validate_threshold(exit_rule, threshold)
     reason = threshold_out_of_range(exit_rule, threshold)
     if reason is not None:
@@ -397,3 +373,44 @@ def resolve_exit_setting(
         max_seq_length=None if run is None else run.max_seq_length,
         precision=precision or ("fp32" if run is None else run.precision),
     )
+
+
+def _recorded_threshold(
+    run: RunThresholds,
+    exit_rule: ExitRule,
+    target_speedup: float,
+    checkpoint: Path,
+    params: dict[str, Any],
+    precision: str | None,
+) -> float:
+    """The threshold `run` recorded for `target_speedup`, once `checkpoint` is the one it was
+    swept on; logged when `params` or `precision` differ from the recorded ones (then it no
+    longer means that speed-up)."""
+    rule = exit_rule.name
+    point = run.point(rule, target_speedup)
+    run.check_checkpoint(checkpoint)
+    threshold = point["threshold"]
+    recorded = run.params(rule)
+    if params != validate_params(exit_rule, recorded):
+        log.warning(
+            "exit.params.%s %s differ from %s recorded in %s: threshold %.6g no longer means the "
+            "recorded %.2f× speed-up",
+            rule,
+            json.dumps(params),
+            json.dumps(recorded),
+            run.path,
+            threshold,
+            point["speedup"],
+        )
+    if precision is not None and precision != run.precision:
+        log.warning(
+            "the thresholds in %s were chosen on an exit cache computed in %s: run in %s, threshold %.6g "
+            "no longer means the recorded %.2f× speed-up (sweep again with exit.precision=%s)",
+            run.path,
+            run.precision,
+            precision,
+            threshold,
+            point["speedup"],
+            precision,
+        )
+    return threshold
