@@ -446,7 +446,7 @@ def without_sections(text: str, *titles: str) -> str:
 
 
 def test_the_chosen_de3_is_reported_beside_the_protocols_de3(glue_dir, tmp_path, monkeypatch):
-    from benchmarks.glue_tradeoff.de3_tuned import de3_tuned_section, missing_runs_line
+    from benchmarks.glue_tradeoff.de3_tuned import de3_tuned_section, missing_runs_line, recipes_lines
 
     kept, tuned = tmp_path / "kept", tmp_path / "tuned.json"
     monkeypatch.setattr("benchmarks.glue_tradeoff.tuning.TUNED", tuned)
@@ -489,6 +489,13 @@ def test_the_chosen_de3_is_reported_beside_the_protocols_de3(glue_dir, tmp_path,
     assert "0 of 16 runs finished; still missing: rte seeds 42, 43, 44; mrpc seeds 42, 43, 44, 45, 46; " in section
     assert "### " not in section and "Until they are in" not in section  # no run to read
     assert without_sections(picked, "DE³ set up well, chosen fairly") == without_sections(before)
+    # the recipes' tuning runs read on dev beside the choice, over the range given; a recipe without one: —
+    seed42 = next(r for r in protocol_runs if r.method == "de3" and r.seed == 42)
+    lines = recipes_lines({**learning_rates, "recipes": {"de3-tuned": recipes}}, {"two-stage": seed42}, 3.0)
+    assert "| recipe | configuration | calibration area | dev: full depth / area 1–3.00× |" in lines
+    assert "| joint | `experiment=de3` | 91.22 | — |" in lines
+    # full depth 80; the area by trapezoids over (1, 1.5, 2, 3): (39.75 + 39.25 + 74) / 2
+    assert "| two-stage | `experiment=de3_two_stage` | 91.87 | 80.0 / 76.5 |" in lines
     # the protocol's own recipe picked: de3-tuned is de3, nothing is missing
     tuned.write_text(json.dumps({**learning_rates, "recipes": {"de3-tuned": {**recipes, "picked": "joint"}}}))
     joint = "\n".join(de3_tuned_section({"rte": {}}, ["rte"]))

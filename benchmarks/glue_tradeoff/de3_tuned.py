@@ -7,12 +7,13 @@ there are with the task tables' rows and the de3 tables' paired gaps."""
 from __future__ import annotations
 
 from benchmarks.glue_tradeoff.cells import TARGETS, plural, section, table_header
-from benchmarks.glue_tradeoff.kept_runs import ByTask
+from benchmarks.glue_tradeoff.kept_runs import ByTask, Run
 from benchmarks.glue_tradeoff.paired import minus_each_baseline
 from benchmarks.glue_tradeoff.run import DE3_RECIPES, DE3_TUNED, SEEDS, TASKS, applicable, seeds_of
 from benchmarks.glue_tradeoff.tables import area_range, method_row, method_rows_header
 from benchmarks.glue_tradeoff.tuning import tuned_file
 from de3.data.tasks import GLUE_TASKS
+from de3.sweep import frontier_area
 
 
 def planned_seeds(method: str) -> dict[str, tuple[int, ...]]:
@@ -51,20 +52,42 @@ def picks_protocol_de3(recipes: dict) -> bool:
     return DE3_RECIPES[recipes["picked"]].is_protocol_de3()
 
 
-def recipes_lines(tuned: dict) -> list[str]:
-    """What `--tune-de3` tried (each recipe's configuration and calibration area) and picked."""
+def recipes_lines(tuned: dict, recipe_runs: dict[str, Run], dev_upto: float | None = None) -> list[str]:
+    """What `--tune-de3` tried (each recipe's configuration and calibration area) and picked, and
+    the same tuning runs (`recipe_runs`, recipe → run) read on dev, which played no part in the
+    choice: full depth and the area 1×–`dev_upto` (the learning rates' dev range; else the
+    recipes' own)."""
     recipes = tuned["recipes"][DE3_TUNED]
     picked = f"Picked: **{recipes['picked']}**."
     if picks_protocol_de3(recipes):
         picked += f" That is the protocol's own `de3`, whose runs every table above reads: `{DE3_TUNED}` has none."
-    return [
+    upto = dev_upto or min((run.fastest() for run in recipe_runs.values()), default=None)
+    dev = [] if upto is None else [f"dev: full depth / area 1–{upto:.2f}×"]
+
+    def dev_cell(name: str) -> list[str]:
+        if upto is None:
+            return []
+        run = recipe_runs.get(name)
+        return ["—" if run is None else f"{100 * run.full_depth:.1f} / {100 * frontier_area(run.points(), upto):.1f}"]
+
+    lines = [
         f"The recipes tried on {tuned['task']} seed {tuned['seed']}, each at the learning rate tuned above for the "
         f"method it builds on, and judged as the learning rates were: the {recipes['criterion']} (EDR; ×100); the "
         "largest is picked.",
+    ]
+    if dev:
+        lines[0] += (
+            " Beside it, the same runs on dev, which the choice did not see (full depth, and the area under dev's "
+            "Pareto frontier of EDR; ×100)."
+        )
+    return [
+        *lines,
         "",
-        *table_header("recipe", "configuration", "calibration area", names=2),
+        *table_header("recipe", "configuration", "calibration area", *dev, names=2),
         *(
-            f"| {name} | `{recipes['configurations'][name]}` | {100 * area:.2f} |"
+            "| "
+            + " | ".join([name, f"`{recipes['configurations'][name]}`", f"{100 * area:.2f}", *dev_cell(name)])
+            + " |"
             for name, area in recipes["tried"].items()
         ),
         "",
@@ -73,11 +96,14 @@ def recipes_lines(tuned: dict) -> list[str]:
     ]
 
 
-def de3_tuned_section(by_task: ByTask, tasks: list[str]) -> list[str]:
-    """DE³ set up well, chosen fairly: the recipes tried and picked (tuned.json's `recipes`), the
-    runs still missing, and for each task with `de3-tuned` runs its full depth, calibrated and oracle
-    readings and area beside `de3` on the same seeds, then `de3-tuned` minus each method, paired by
-    seed. Nothing before `--tune-de3` and without `de3-tuned` runs."""
+def de3_tuned_section(
+    by_task: ByTask, tasks: list[str], recipe_runs: dict[str, Run] | None = None, dev_upto: float | None = None
+) -> list[str]:
+    """DE³ set up well, chosen fairly: the recipes tried and picked (tuned.json's `recipes`) with
+    their tuning runs (`recipe_runs`) read on dev (area 1×–`dev_upto`), the runs still missing, and for each task with
+    `de3-tuned` runs its full depth, calibrated and oracle readings and area beside `de3` on the
+    same seeds, then `de3-tuned` minus each method, paired by seed. Nothing before `--tune-de3`
+    and without `de3-tuned` runs."""
     tuned = tuned_file() or {}
     recipes = tuned.get("recipes", {}).get(DE3_TUNED)
     with_runs = [task for task in tasks if by_task[task].get(DE3_TUNED)]
@@ -91,7 +117,7 @@ def de3_tuned_section(by_task: ByTask, tasks: list[str]) -> list[str]:
         "Nothing is chosen on dev.",
     )
     if recipes is not None:
-        lines += recipes_lines(tuned)
+        lines += recipes_lines(tuned, recipe_runs or {}, dev_upto)
     if recipes is None or not picks_protocol_de3(recipes):
         lines += [missing_runs_line(by_task), ""]
     if not with_runs:

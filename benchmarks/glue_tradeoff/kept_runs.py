@@ -10,7 +10,19 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.glue_tradeoff.run import CONFIGS, EPOCHS, METHODS, STAGE_ONE_OF, TUNING_SEED, TUNING_TASK, run_dir
+from benchmarks.glue_tradeoff.run import (
+    CONFIGS,
+    DE3_RECIPES,
+    DE3_TUNED,
+    EPOCHS,
+    METHODS,
+    STAGE_ONE_OF,
+    TUNING_SEED,
+    TUNING_TASK,
+    recipe_tuning_dir,
+    run_dir,
+    tuned_configs,
+)
 from de3.data.tasks import GLUE_TASKS
 from de3.sweep import frontier_area, frontier_score, reaching
 
@@ -141,6 +153,20 @@ def load_tuning(out: Path) -> dict[tuple[str, str], Run]:
             folder = run_dir(out / "tuning" / f"config{index}", TUNING_TASK, method, TUNING_SEED)
             if (run := load_run(folder, method)) is not None:
                 found[method, config] = run
+    return found
+
+
+def load_recipe_tuning(out: Path) -> dict[str, Run]:
+    """DE³ recipe name → its finished tuning run (`run.py --tune-de3`), from `<out>/tuning/`; empty
+    before the learning rates are tuned."""
+    configs = tuned_configs()
+    if any(recipe.lr_of not in configs for recipe in DE3_RECIPES.values()):
+        return {}
+    found = {}
+    for name, recipe in DE3_RECIPES.items():
+        method = "de3" if recipe.is_protocol_de3() else DE3_TUNED
+        if (run := load_run(recipe_tuning_dir(out / "tuning", name, configs), method)) is not None:
+            found[name] = run
     return found
 
 

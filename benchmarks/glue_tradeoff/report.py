@@ -36,7 +36,7 @@ from benchmarks.glue_tradeoff.curves import plot_task
 from benchmarks.glue_tradeoff.de3_tuned import de3_tuned_section
 from benchmarks.glue_tradeoff.findings import findings_lines, stale_findings
 from benchmarks.glue_tradeoff.header import header
-from benchmarks.glue_tradeoff.kept_runs import ByTask, Run, load_runs, load_sensitivity, load_tuning
+from benchmarks.glue_tradeoff.kept_runs import ByTask, Run, load_recipe_tuning, load_runs, load_sensitivity, load_tuning
 from benchmarks.glue_tradeoff.paired import (
     compute_matched_section,
     paired_against_de3_section,
@@ -51,7 +51,7 @@ from benchmarks.glue_tradeoff.tables import (
     retention_section,
     task_table,
 )
-from benchmarks.glue_tradeoff.tuning import tuning_section
+from benchmarks.glue_tradeoff.tuning import dev_range, tuning_section
 from de3.utils.io import write_text_atomic
 
 HERE = Path(__file__).resolve().parent
@@ -64,6 +64,7 @@ def report(
     figures: Path,
     data_dir: Path = DEFAULT_GLUE_DIR,
     tuning: dict[tuple[str, str], Run] | None = None,
+    recipe_tuning: dict[str, Run] | None = None,
 ) -> str:
     """RESULTS.md's text; the per-task curves are written into `figures` (beside RESULTS.md)."""
     by_task: ByTask = defaultdict(lambda: defaultdict(list))
@@ -77,7 +78,7 @@ def report(
         lines += task_table(task, by_task[task], data_dir)
         plot_task(task, by_task[task], figures / f"curves_{task}.png")
     lines += tuning_section(tuning or {})
-    lines += de3_tuned_section(by_task, tasks)
+    lines += de3_tuned_section(by_task, tasks, recipe_tuning, dev_range(tuning or {}))
     lines += compute_matched_section(by_task, tasks)
     lines += paired_against_de3_section(by_task, tasks)
     lines += past_the_targets_section(by_task, tasks)
@@ -102,7 +103,15 @@ def main() -> None:
     runs = load_runs(args.runs)
     if not runs:
         raise SystemExit(f"no finished runs under {args.runs}: run python -m benchmarks.glue_tradeoff.run first")
-    results = report(runs, load_sensitivity(args.runs), args.command, HERE, args.data_dir, load_tuning(args.runs))
+    results = report(
+        runs,
+        load_sensitivity(args.runs),
+        args.command,
+        HERE,
+        args.data_dir,
+        load_tuning(args.runs),
+        load_recipe_tuning(args.runs),
+    )
     write_text_atomic(HERE / "RESULTS.md", results)
     write_text_atomic(README, readme_with_tables(README.read_text(), results))
     print(f"wrote {HERE / 'RESULTS.md'} from {len(runs)} runs, and its headline tables into {README}")

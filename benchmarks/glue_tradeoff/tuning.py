@@ -15,6 +15,11 @@ def tuned_file() -> dict | None:
     return json.loads(TUNED.read_text()) if TUNED.is_file() else None
 
 
+def dev_range(tuning: dict[tuple[str, str], Run]) -> float | None:
+    """The fastest speed-up every tuning run reaches on dev: the range its dev areas are read over."""
+    return min((run.fastest() for run in tuning.values()), default=None)
+
+
 def tuning_section(tuning: dict[tuple[str, str], Run]) -> list[str]:
     """What each method tried and picked (`tuned.json`, written by `run.py --tune`), and the same
     tuning runs read on dev, which played no part in the choice."""
@@ -34,7 +39,7 @@ def tuning_section(tuning: dict[tuple[str, str], Run]) -> list[str]:
     lines.append("")
     if not tuning:
         return lines
-    upto = min(run.fastest() for run in tuning.values())
+    upto = dev_range(tuning)
     lines += [
         f"The same runs on dev, which the choice did not see: full depth / area 1–{upto:.2f}× under dev's "
         "Pareto frontier of the method's own rule (×100). Where these order the configurations differently "
