@@ -114,7 +114,7 @@ def retention_section(by_task: ByTask, tasks: list[str]) -> list[str]:
     )
     for target in TARGETS:
         lines += [f"### {target}× speed-up", "", *table_header("method", *tasks)]
-        for method in METHODS:
+        for method in with_chosen_de3(by_task, tasks):
             cells = []
             for task in tasks:
                 runs = by_task[task].get(method, [])
@@ -138,7 +138,7 @@ def full_depth_by_seed_section(by_task: ByTask, tasks: list[str]) -> list[str]:
     for task in tasks:
         seeds = sorted({r.seed for runs in by_task[task].values() for r in runs})
         lines += [f"### {task} ({GLUE_TASKS[task].main_metric})", "", *table_header("method", *map(str, seeds))]
-        for method in (m for m in METHODS if by_task[task].get(m)):
+        for method in (m for m in with_chosen_de3(by_task, tasks) if by_task[task].get(m)):
             by_seed = {r.seed: f"{100 * r.full_depth:.1f}" for r in by_task[task][method]}
             lines.append(f"| {method} | " + " | ".join(by_seed.get(seed, "—") for seed in seeds) + " |")
         lines.append("")
@@ -153,7 +153,7 @@ def per_exit_section(by_task: ByTask, tasks: list[str]) -> list[str]:
         "of the internal layers. Methods that sweep another's checkpoint show that checkpoint's exits.",
     )
     for task in tasks:
-        found = [(m, runs) for m in METHODS if (runs := by_task[task].get(m))]
+        found = [(m, runs) for m in with_chosen_de3(by_task, tasks) if (runs := by_task[task].get(m))]
         if not found:
             continue
         layers = len(found[0][1][0].per_exit)
