@@ -78,8 +78,9 @@ def past_the_targets_section(by_task: ByTask, tasks: list[str]) -> list[str]:
         "the oracle curves showed de3's frontier crossing the two-stage methods' past 3× on SST-2, to ask "
         "whether that holds with thresholds chosen on the calibration split. The readings are calibrated as "
         "everywhere else; the choice to look here was made on dev, so these tables test a pattern seen on dev "
-        "and are not a headline. Per target: every method's calibrated cell, then de3 (and de3-tuned) minus "
-        "each baseline paired by seed as in \"DE³ against each baseline\". PABEE's, PCEE's and BADGE's rules read more "
+        "and are not a headline. Per target: every method's calibrated cell, then each DE³ (the protocol's, and "
+        'the chosen one once it has runs) minus each baseline paired by seed as in "DE³ against each baseline". '
+        "PABEE's, PCEE's and BADGE's rules read more "
         "than one exit (an agreement count, an entropy window, a divergence from the exit before), so none "
         'exits at the first layer: on a 6-layer backbone they stop at 3× and are "not reached" here by '
         "construction.",
