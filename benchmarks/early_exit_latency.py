@@ -15,7 +15,9 @@ Every variant makes one pass over all batches per round; the variants take turns
 round (their order rotates between rounds), so that drifts of the machine hit all alike. The
 speed-up is HF's time / the variant's time within the same round; the table gives its median
 over rounds with the range, and the layer ratio (L·N / Σ exit layers) reached on these inputs,
-its limit. Every round's seconds go to `<out>.json`, the table (made from that file alone) to
+its limit. The time-weighted ratio is the limit once what each sample's layers cost is counted:
+HF's own time per batch (median of 3, timed before the rounds), each batch's share of layers run
+taken off; measured / time-weighted is what the implementation keeps of it. Every round's seconds go to `<out>.json`, the table (made from that file alone) to
 `<out>.md`.
 """
 
@@ -166,13 +168,31 @@ def time_rounds(timed: dict, batches: list[dict], rounds: int, device: torch.dev
     return seconds
 
 
-def layer_ratios(timed: dict, batches: list[dict], num_layers: int) -> dict[str, float]:
-    """The layer ratio each variant reaches on these inputs (from its real exit layers)."""
-    ratios = {"hf": 1.0}
-    for name, (fn, _) in timed.items():
-        if name != "hf":
-            ratios[name] = layer_speedup(torch.cat([fn(batch).exit_layer for batch in batches]), num_layers)
-    return ratios
+def exit_layers(timed: dict, batches: list[dict]) -> dict[str, list[torch.Tensor]]:
+    """Per early-exit variant, each batch's real exit layers (1-based) on these inputs."""
+    return {name: [fn(batch).exit_layer for batch in batches] for name, (fn, _) in timed.items() if name != "hf"}
+
+
+def batch_seconds(fn: Callable[[dict], Any], batches: list[dict], repeats: int = 3) -> list[float]:
+    """Each batch's seconds under `fn`, the median of `repeats` timings."""
+    times = []
+    for batch in batches:
+        timings = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn(batch)
+            timings.append(time.perf_counter() - started)
+        times.append(statistics.median(timings))
+    return times
+
+
+def time_weighted_ratio(anchor_seconds: list[float], layers: list[torch.Tensor], num_layers: int) -> float:
+    """The speed-up a zero-overhead early exit would reach on these batches: HF's time over that
+    time with each batch's share of layers run (Σ exit layers / (L·n)) taken off. Unlike the
+    layer ratio it weighs a sample by what its layers cost, so that short sentences leaving early
+    save less than long ones would (a cost of the inputs, not of the implementation)."""
+    kept = [t * float(d.sum()) / (num_layers * d.numel()) for t, d in zip(anchor_seconds, layers)]
+    return sum(anchor_seconds) / sum(kept)
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -204,11 +224,19 @@ def measure(args: argparse.Namespace) -> dict:
     }
     for batch_size in args.batch_sizes:
         batches = predictor_batches(first, texts, batch_size)
+        num_layers = first.model.num_layers
         with torch.inference_mode():
-            ratios = layer_ratios(timed, batches, first.model.num_layers)
+            layers = exit_layers(timed, batches)
+            anchor_seconds = batch_seconds(timed["hf"][0], batches)
             seconds = time_rounds(timed, batches, args.rounds, first.device)
+        rows = {"hf": {"layer_ratio": 1.0, "time_weighted_ratio": 1.0, "batch_seconds": anchor_seconds}}
+        for name, per_batch in layers.items():
+            rows[name] = {
+                "layer_ratio": layer_speedup(torch.cat(per_batch), num_layers),
+                "time_weighted_ratio": time_weighted_ratio(anchor_seconds, per_batch, num_layers),
+            }
         result["batch_sizes"][str(batch_size)] = {
-            name: {**info, "layer_ratio": ratios[name], "seconds": seconds[name], "batches": len(batches)}
+            name: {**info, **rows[name], "seconds": seconds[name], "batches": len(batches)}
             for name, (_, info) in timed.items()
         }
     return result
@@ -216,7 +244,8 @@ def measure(args: argparse.Namespace) -> dict:
 
 def table(result: dict) -> list[str]:
     """Markdown of `measure`'s result: per batch size and variant, ms per batch, the speed-up
-    over HF (median of the per-round ratios, min–max), the layer ratio and measured / ratio."""
+    over HF (median of the per-round ratios, min–max), the layer ratio and measured / ratio, and
+    the time-weighted ratio (`time_weighted_ratio`; results without it: —) and measured / that."""
     lines = [
         f"## {result['device']}, {result['precision']}: {result['task']} {result['split']}, "
         f"{result['samples']} inputs, {result['num_layers']} layers",
@@ -228,8 +257,8 @@ def table(result: dict) -> list[str]:
         "interleaved rounds; raw seconds in the .json beside this file",
         "",
         "| batch | variant | threshold | layer ratio | ms per batch | speed-up over HF (median, min–max) "
-        "| measured / layer ratio |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| measured / layer ratio | time-weighted ratio | measured / time-weighted |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for batch_size, rows in result["batch_sizes"].items():
         anchor = rows["hf"]["seconds"]
@@ -239,7 +268,10 @@ def table(result: dict) -> list[str]:
             ms = 1000 * statistics.median(row["seconds"]) / row["batches"]
             threshold = "—" if name == "hf" else f"{row['threshold']:.6g}"
             label = "HF `AutoModel` + final exit head (anchor)" if name == "hf" else name
-            verdict = "—"
+            verdict, weighted, efficiency = "—", "—", "—"
+            if name != "hf" and row.get("time_weighted_ratio") is not None:
+                weighted = f"{row['time_weighted_ratio']:.2f}"
+                efficiency = f"{median / row['time_weighted_ratio']:.2f}"
             if name != "hf" and row.get("target") is not None:
                 fraction = median / row["layer_ratio"]
                 goal = GOAL.get(int(batch_size))
@@ -249,7 +281,7 @@ def table(result: dict) -> list[str]:
                 verdict = f"full depth at {1 / median:.2f}× HF's time"
             lines.append(
                 f"| {batch_size} | {label} | {threshold} | {row['layer_ratio']:.2f} | {ms:.2f} | "
-                f"{median:.2f}× ({min(per_round):.2f}–{max(per_round):.2f}) | {verdict} |"
+                f"{median:.2f}× ({min(per_round):.2f}–{max(per_round):.2f}) | {verdict} | {weighted} | {efficiency} |"
             )
     return lines
 

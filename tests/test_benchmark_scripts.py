@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from benchmarks.early_exit_latency import RULES_TIMED, sst2_timing_model
+from benchmarks.early_exit_latency import RULES_TIMED, sst2_timing_model, time_weighted_ratio
 from benchmarks.exit_step_cost import STEPS, sst2_one_at_a_time, step_costs, table
 from benchmarks.glue_tradeoff import run as driver
+from de3.flops import layer_speedup
 from de3.models.backbone import load_encoder, load_tokenizer
 from de3.sweep import frontier_area
 
@@ -64,8 +66,20 @@ def test_gpu_script_trains_sweeps_in_each_precision_and_times_every_rule_against
             for name, row in rows.items():
                 assert len(row["seconds"]) == 2 and all(s > 0 for s in row["seconds"])
                 assert row["layer_ratio"] == 1.0 if name == "hf" or "full depth" in name else row["layer_ratio"] >= 1.0
+                full = name == "hf" or "full depth" in name
+                assert row["time_weighted_ratio"] == 1.0 if full else row["time_weighted_ratio"] >= 1.0
+            assert len(rows["hf"]["batch_seconds"]) == rows["hf"]["batches"]
         table = (tmp_path / f"gpu-{precision}.md").read_text()
         assert table.count("\n| 1 |") == len(result["batch_sizes"]["1"])
+
+
+def test_the_time_weighted_ratio_weighs_each_batch_by_what_hugging_face_spends_on_it():
+    # a long input (3 s at full depth) that runs all 4 layers, a short one (1 s) that leaves after 1
+    layers = [torch.tensor([4]), torch.tensor([1])]
+    assert layer_speedup(torch.cat(layers), 4) == pytest.approx(8 / 5)
+    assert time_weighted_ratio([3.0, 1.0], layers, 4) == pytest.approx(4.0 / (3.0 + 0.25))
+    # a batch counts the share of its rows' layers run
+    assert time_weighted_ratio([2.0], [torch.tensor([4, 2])], 4) == pytest.approx(2.0 / (2.0 * 6 / 8))
 
 
 def test_step_costs_split_each_rules_pass_into_its_steps_and_put_the_functions_back(glue_dir):
