@@ -17,8 +17,8 @@ speed-up is HF's time / the variant's time within the same round; the table give
 over rounds with the range, and the layer ratio (L·N / Σ exit layers) reached on these inputs,
 its limit. The time-weighted ratio is the limit once what each sample's layers cost is counted:
 HF's own time per batch (median of 3, timed before the rounds), each batch's share of layers run
-taken off; measured / time-weighted is what the implementation keeps of it. Every round's seconds go to `<out>.json`, the table (made from that file alone) to
-`<out>.md`.
+taken off; measured / time-weighted is what the implementation keeps of it. Every round's
+seconds go to `<out>.json`, the table (made from that file alone) to `<out>.md`.
 """
 
 from __future__ import annotations

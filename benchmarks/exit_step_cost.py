@@ -116,6 +116,38 @@ def step_costs(model, tokenizer, batches, rules: list[str], repeats: int) -> dic
     }
 
 
+def seconds_of(function: Callable, *args) -> float:
+    """Seconds of one call of `function(*args)`."""
+    started = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - started
+
+
+@torch.inference_mode()
+def weights_out_of_cache(model: MultiExitModel, batch: dict, repeats: int) -> dict[str, tuple[float, float]]:
+    """The steps that read weights of their own (the exit head; EDR's prototype mapping), each in
+    microseconds as real early exit meets it — right after a backbone layer streamed its weights
+    through the caches — and run again at once, with its weights in cache: medians over the
+    internal layers and `repeats`. The difference is the cost of fetching those weights."""
+    backbone, prototypes = model.backbone, model.prototypes
+    hidden = backbone.embed(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+    inputs = backbone.layer_inputs(hidden, batch["attention_mask"])
+    steps = {
+        "exit head": lambda m, pooled: model.exits[m](pooled),
+        "prototype mapping": lambda m, pooled: prototypes.map_layer(m, pooled),
+    }
+    timings: dict[str, tuple[list[float], list[float]]] = {step: ([], []) for step in steps}
+    for _ in range(repeats):
+        for m in range(model.num_layers - 1):
+            for step, run in steps.items():
+                out = backbone.layer(m, hidden, inputs)
+                pooled = out[:, 0]
+                after_layer, again = timings[step]
+                after_layer.append(seconds_of(run, m, pooled))
+                again.append(seconds_of(run, m, pooled))
+    return {step: (1e6 * statistics.median(a), 1e6 * statistics.median(b)) for step, (a, b) in timings.items()}
+
+
 def table(costs: dict[str, dict[str, float]]) -> list[str]:
     """Markdown: a row per rule, a column per step (ms per sample), and the rule's extra time over
     the first rule's pass."""
@@ -156,6 +188,16 @@ def main() -> None:
         f"{args.repeats} passes over the first {args.samples} SST-2 dev sentences.\n"
     )
     print("\n".join(table(costs)))
+    fetch = weights_out_of_cache(model, batches[len(batches) // 2], args.repeats * 20)
+    print(
+        "\nThe steps with weights of their own, µs per call at batch 1 (median over internal layers and "
+        f"{args.repeats * 20} repeats): right after a backbone layer ran, as in early exit, and at once again, "
+        "their weights in cache.\n"
+    )
+    print("| step | after a layer | again, in cache | fetching its weights |")
+    print("|---|---:|---:|---:|")
+    for step, (after_layer, again) in fetch.items():
+        print(f"| {step} | {after_layer:.1f} | {again:.1f} | {after_layer - again:+.1f} |")
 
 
 if __name__ == "__main__":

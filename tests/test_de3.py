@@ -50,6 +50,19 @@ def test_edr_hand_values_and_limits():
     assert edr(torch.tensor([0.4]), torch.tensor([0.2]), lam=3.0).item() == pytest.approx(4 / (3 / 0.2 + 1 / 0.4))
 
 
+def test_edr_is_the_harmonic_mean_as_defined_to_float32_rounding():
+    """EDR is computed as (λ + 1)·E·DR / (λ·E + DR); it must be the definition's value, computed
+    here in float64 from the reciprocals, to within float32's rounding, and λ = 0 the entropy itself."""
+    generator = torch.Generator().manual_seed(0)
+    entropy, ratio = torch.rand(10_000, generator=generator), torch.rand(10_000, generator=generator)
+    entropy[::17], ratio[::19], ratio[::23] = 0.0, 0.0, 1.0  # E = 0, DR = 0, and no prototype evidence
+    both = entropy.double(), ratio.double()
+    for lam in (0.25, 1.0, 16.0):
+        defined = ((lam + 1) / (lam / both[1] + 1 / both[0])).nan_to_num(0.0)  # 1/0 = ∞ → 0
+        assert torch.allclose(edr(entropy, ratio, lam).double(), defined, rtol=1e-6, atol=0.0)
+    assert torch.equal(edr(entropy, ratio, 0.0), entropy)
+
+
 @pytest.mark.parametrize("num_classes", [2, 3])
 def test_indicators_never_nan(num_classes):
     torch.manual_seed(0)

@@ -79,7 +79,7 @@ class PrototypicalNetworks(nn.Module):
     def layer_distances(self, index: int, mapped: torch.Tensor) -> torch.Tensor:
         """[B, d] → [B, C] distances to layer `index`'s prototypes (∞ where none exists yet)."""
         distances = euclidean_distances(mapped.float(), self.prototypes[index])
-        return distances.masked_fill(~self.initialized[index], float("inf"))
+        return torch.where(self.initialized[index], distances, float("inf"))
 
     def distances(self, mapped: torch.Tensor) -> torch.Tensor:
         """[M, B, d] → [M, B, C]."""
