@@ -66,31 +66,10 @@ def predictor(module) -> EarlyExitPredictor:
     return predictor
 
 
-class ArrivingWhileRunning(queue.Queue):
-    """LitServe's request queue, its i-th request showing only once the loop has advanced
-    `after[i]` layer steps (the advances in `events`), as if it arrived then; an idle loop's
-    waiting `get` takes the next one whenever it comes."""
-
-    def __init__(self, events: list, after: list[int]) -> None:
-        super().__init__()
-        self.events, self.after = events, list(after)
-
-    def get_nowait(self):
-        if self.after and self.after[0] > sum(e[0] == "advance" for e in self.events):
-            raise queue.Empty
-        return self.get()
-
-    def get(self, block=True, timeout=None):
-        if self.after:
-            self.after.pop(0)
-        return super().get(block, timeout)
-
-
-def serve(api, arrivals, events, queued_at=None, device="cpu", requests=None):
-    """Run the API's loop over `arrivals` ((uid, body) put on its queue, `requests` or one where
-    they are all waiting when it starts) to LitServe's stop sentinel; `events` gets the loop's
-    `start` and `advance` calls and answers."""
-    requests = queue.Queue() if requests is None else requests
+def serve(api, arrivals, events, queued_at=None, device="cpu"):
+    """Run the API's loop over `arrivals` ((uid, body) put on its queue before it starts) to
+    LitServe's stop sentinel; `events` gets the loop's `start` and `advance` calls and answers."""
+    requests = queue.Queue()
     for uid, body in arrivals:
         requests.put((0, uid, queued_at or time.monotonic(), body))
     requests.put(_SENTINEL_VALUE)
@@ -143,26 +122,6 @@ def test_a_slot_freed_by_an_exit_takes_the_next_request(predictor, module, resto
     answered = {e[1]: i for i, e in enumerate(events) if e[0] == "answer"}
     # "next" starts once "early" has left, while "late" still runs
     assert answered["early"] < starts[1] < answered["late"]
-
-
-@pytest.mark.parametrize("batch_timeout, cohorts", [(30.0, [3, 2]), (0.0, [3, 1, 1])])
-def test_requests_arriving_while_others_run_start_together_within_the_batch_timeout(
-    predictor, module, restore_torch_threads, batch_timeout, cohorts
-):
-    entropy = layer_one_entropy(module)
-    by_entropy = sorted(TEXTS, key=entropy.get)
-    api = early_exit_api(predictor, max_batch_size=3, batch_timeout=batch_timeout)
-    events = []
-    # one runs on, two leave at layer 1; then "a" comes after the first layer step, "b" after the second
-    texts = {"late": by_entropy[-1], "early 1": by_entropy[0], "early 2": by_entropy[1], "a": "great", "b": "x"}
-    requests = ArrivingWhileRunning(events, after=[0, 0, 0, 1, 2])
-    answers = serve(api, [(uid, TextRequest(text=text)) for uid, text in texts.items()], events, requests=requests)
-
-    assert all(status == LitAPIStatus.OK for status, _ in answers.values()) and len(answers) == 5
-    assert answers["early 1"][1]["exit_layer"] == answers["early 2"][1]["exit_layer"] == 1
-    # "a" waits for "b" to start with it (two free slots, a batch timeout not yet over); without
-    # a batch timeout each starts as it comes
-    assert [event[1] for event in events if event[0] == "start"] == cohorts
 
 
 def test_a_request_the_worker_cannot_read_is_refused_alone(predictor, restore_torch_threads):

@@ -3,10 +3,9 @@ sample exits, and new requests start without waiting for the slowest sample of a
 
 A batched layer step needs its samples at the same layer (each layer has its own weights) and
 of the same padded length, so requests that arrive together form a cohort (one
-`EarlyExitPredictor.start` batch). Each step of the loop takes the requests waiting while fewer
-than `max_batch_size` samples are running or waiting, starts them as one cohort once they fill
-the free places or the first has waited `batch_timeout` (at once when nothing runs), then
-advances every running cohort by one layer and answers the samples that leave there.
+`EarlyExitPredictor.start` batch). Each step of the loop admits a new cohort while fewer than
+`max_batch_size` samples are running, then advances every running cohort by one layer and
+answers the samples that leave there.
 
 LitServe's own `ContinuousBatchingLoop` does not fit: it requires `stream=True`, so every
 response becomes a chunked stream sent with status 200 before the answer exists (a refused
@@ -71,20 +70,14 @@ class CohortLoop(LitLoop):
         callback_runner: Any,
     ) -> None:
         cohorts: list[Cohort] = []
-        pending: list[tuple[QueuedRequest, Any]] = []  # taken from the queue, to start as one cohort
         stopping = False  # LitServe's sentinel came: answer the running samples, take no more
         try:
-            while not (stopping and not cohorts and not pending):
+            while not (stopping and not cohorts):
                 running = sum(len(cohort.unanswered) for cohort in cohorts)
-                capacity = lit_api.max_batch_size - running - len(pending)
-                if not stopping and capacity > 0:
-                    arrived, stopping = self._take(
-                        lit_api, request_queue, transport, capacity, bool(cohorts or pending)
-                    )
-                    pending += arrived
-                if pending and (stopping or not cohorts or self._full_or_due(lit_api, pending, running)):
-                    cohort = self._start(lit_api, pending, transport)
-                    pending = []
+                if not stopping and running < lit_api.max_batch_size:
+                    capacity = lit_api.max_batch_size - running
+                    arrived, stopping = self._take(lit_api, request_queue, transport, capacity, bool(cohorts))
+                    cohort = self._start(lit_api, arrived, transport)
                     if cohort is not None:
                         cohorts.append(cohort)
                 for cohort in cohorts:
@@ -126,15 +119,6 @@ class CohortLoop(LitLoop):
             if deadline is None:
                 deadline = time.monotonic() + lit_api.batch_timeout
         return taken, False
-
-    @staticmethod
-    def _full_or_due(lit_api: Any, pending: list[tuple[QueuedRequest, Any]], running: int) -> bool:
-        """Whether the requests `pending` while others run start now: they fill every free slot,
-        or the first of them has waited `batch_timeout` since it was queued. Starting newcomers
-        together, not one by one, keeps the layer steps batched: a cohort of one costs a layer
-        nearly as much as a cohort of eight."""
-        waited = time.monotonic() - pending[0][0].queued_at
-        return running + len(pending) >= lit_api.max_batch_size or waited >= lit_api.batch_timeout
 
     def _start(self, lit_api: Any, arrived: list[tuple[QueuedRequest, Any]], transport: Any) -> Cohort | None:
         """A cohort of the requests that can be read; each one that cannot gets its own 400."""
