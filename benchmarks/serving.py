@@ -55,6 +55,7 @@ from de3.thresholds import never_exits
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 0.9  # issue 31: throughput over the anchor ≥ 0.9 × the layer ratio reached
+FAST_QUEUE = "+fast_queue"  # the name of a server answering over ZeroMQ (serve.fast_queue=true)
 
 
 class AnchorAPI(TextTaskAPI):
@@ -137,14 +138,24 @@ def server_commands(args: argparse.Namespace, num_layers: int) -> dict[str, list
         commands["full"] = [*mode_serve, f"exit.threshold={never_exits(args.rule, num_layers)}", *serve]
     for target in args.targets:
         commands[f"{target:g}x"] = [*mode_serve, f"exit.target_speedup={target}", *serve]
-    return commands
+    fast = {
+        f"{name}{FAST_QUEUE}": [*command, "--fast-queue=on" if name == "anchor" else "serve.fast_queue=true"]
+        for name, command in commands.items()
+    }
+    return {"off": commands, "on": fast, "both": {**commands, **fast}}[args.fast_queue]
+
+
+def anchor_of(name: str) -> str:
+    """The anchor a server is compared with: the one answering over the same transport."""
+    return "anchor" + (FAST_QUEUE if name.endswith(FAST_QUEUE) else "")
 
 
 def start_servers(commands: dict[str, list[str]], logs: Path) -> dict[str, Server]:
     servers = {}
     for name, command in commands.items():
         port, log = free_port(), logs / f"{name}.log"
-        where = [f"--port={port}"] if name == "anchor" else [f"serve.port={port}", f"paths.log_dir={logs}"]
+        anchor = name == anchor_of(name)
+        where = [f"--port={port}"] if anchor else [f"serve.port={port}", f"paths.log_dir={logs}"]
         command = [*command, *where]
         with open(log, "w") as out:
             process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -271,13 +282,16 @@ def table(args: argparse.Namespace, cells: dict[tuple[str, int], Cell], num_laye
     names = {"anchor": "`AutoModelForSequenceClassification` (anchor)", "full": "early exit, no exit (full depth)"}
     for (name, concurrency), cell in cells.items():
         ratio = num_layers * len(cell.exit_layers) / sum(cell.exit_layers)
-        over_anchor = [rate / base for rate, base in zip(cell.rates, cells["anchor", concurrency].rates)]
+        anchor = anchor_of(name)
+        over_anchor = [rate / base for rate, base in zip(cell.rates, cells[anchor, concurrency].rates)]
         realised = statistics.median(over_anchor) / ratio
-        goal = "" if name == "anchor" else f"{realised:.2f} ({'met' if realised >= GOAL else 'not met'})"
+        goal = "" if name == anchor else f"{realised:.2f} ({'met' if realised >= GOAL else 'not met'})"
+        base = name.removesuffix(FAST_QUEUE)
+        label = names.get(base, f"early exit at {base} ({args.rule})") + (", fast_queue" if base != name else "")
         ms = [1000 * percentile(cell.latencies, q) for q in (50, 95, 99)]
         server_ms = f"{statistics.median(cell.server_ms):.1f}" if cell.server_ms else "—"
         lines.append(
-            f"| {names.get(name, f'early exit at {name} ({args.rule})')} | {concurrency} | {ratio:.2f} "
+            f"| {label} | {concurrency} | {ratio:.2f} "
             f"| {spread(cell.rates, 1)} | {spread(over_anchor, 2)} | {goal} "
             f"| {ms[0]:.1f} | {ms[1]:.1f} | {ms[2]:.1f} | {server_ms} |"
         )
@@ -299,7 +313,8 @@ def report(args: argparse.Namespace, cells, predictor: EarlyExitPredictor, loads
         f"dev-split texts, max {predictor.max_seq_length} tokens.",
         f"- Serving: one server per row group, each `serve.max_batch_size={args.max_batch_size}`, "
         f"`serve.batch_timeout={args.batch_timeout}`, `serve.workers={args.workers}`, one torch thread per worker, "
-        f"device {args.device}; the others stopped (SIGSTOP) while one is measured.",
+        f"device {args.device}, `serve.fast_queue` {args.fast_queue} (both: each server over either transport, "
+        "compared with the anchor over the same); the others stopped (SIGSTOP) while one is measured.",
         f"- Cells: {args.seconds:g} s each, {args.rounds} rounds, servers interleaved (order rotated per round), "
         f"{args.warmup:g} s warm-up per server and round; closed-loop clients, one keep-alive connection each.",
         "- req/s and ÷ anchor: median (min–max) over rounds, ÷ anchor against the anchor's same round and "
@@ -317,7 +332,7 @@ def serve_anchor(args: argparse.Namespace) -> None:
     """The anchor's server process."""
     predictor = EarlyExitPredictor.from_run(args.run_dir, args.rule, threshold=1, **_seq(args))
     api = AnchorAPI(predictor, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
-    server = build_server(api, workers=args.workers, device=args.device)
+    server = build_server(api, workers=args.workers, device=args.device, fast_queue=args.fast_queue == "on")
     run_until_stopped(server, "127.0.0.1", args.port, log_level="warning")
 
 
@@ -342,6 +357,13 @@ def main() -> None:
     parser.add_argument("--max-seq-length", type=int, default=None, help="default: the one the sweep recorded")
     parser.add_argument("--glue-dir", type=Path, default=REPO.parent / "shared" / "data" / "glue")
     parser.add_argument("--output", type=Path, default=None, help="the markdown file (default: stdout)")
+    parser.add_argument(
+        "--fast-queue",
+        choices=["off", "on", "both"],
+        default="off",
+        help="serve.fast_queue of every server; both: each server twice, in the same rounds, each compared with "
+        "the anchor of its own transport",
+    )
     parser.add_argument("--serve-anchor", action="store_true", help=argparse.SUPPRESS)  # the anchor's server
     parser.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

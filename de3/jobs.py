@@ -350,6 +350,7 @@ def serve(cfg: DictConfig) -> None:
         timeout=settings.timeout,
         device=settings.device,
         max_body_bytes=settings.max_body_bytes,
+        fast_queue=settings.fast_queue,
     )
     run_until_stopped(server, settings.host, settings.port)
 

@@ -77,16 +77,23 @@ def build_server(
     timeout: float = 30,
     device: str | torch.device = "cpu",
     max_body_bytes: int = 1_000_000,
+    fast_queue: bool = False,
 ) -> ls.LitServer:
     """A LitServer for `apis` (each at its own `api_path`) with `workers` inference processes
     per API on `device` (`auto`: CUDA when present; `cuda:1`: that GPU); malformed requests get
-    400 and bodies over `max_body_bytes` 413, with a one-line reason."""
+    400 and bodies over `max_body_bytes` 413, with a one-line reason. `fast_queue`: answers go
+    back to the HTTP process over ZeroMQ instead of a multiprocessing queue."""
     resolved = resolve_device(device)
     placement: dict[str, Any] = {"accelerator": "cpu"}
     if resolved.type == "cuda":
         placement = {"accelerator": "cuda", "devices": [resolved.index or 0]}
     server = ls.LitServer(
-        list(apis), workers_per_device=workers, timeout=timeout, max_payload_size=max_body_bytes, **placement
+        list(apis),
+        workers_per_device=workers,
+        timeout=timeout,
+        max_payload_size=max_body_bytes,
+        fast_queue=fast_queue,
+        **placement,
     )
     server.app.add_exception_handler(RequestValidationError, _one_line_reason(apis))
     server.app.add_exception_handler(HTTPException, _body_errors(apis, max_body_bytes))
