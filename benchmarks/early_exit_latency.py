@@ -173,17 +173,16 @@ def exit_layers(timed: dict, batches: list[dict]) -> dict[str, list[torch.Tensor
     return {name: [fn(batch).exit_layer for batch in batches] for name, (fn, _) in timed.items() if name != "hf"}
 
 
+def seconds_of(function: Callable, *args: Any) -> float:
+    """Seconds of one call of `function(*args)`."""
+    started = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - started
+
+
 def batch_seconds(fn: Callable[[dict], Any], batches: list[dict], repeats: int = 3) -> list[float]:
     """Each batch's seconds under `fn`, the median of `repeats` timings."""
-    times = []
-    for batch in batches:
-        timings = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            fn(batch)
-            timings.append(time.perf_counter() - started)
-        times.append(statistics.median(timings))
-    return times
+    return [statistics.median(seconds_of(fn, batch) for _ in range(repeats)) for batch in batches]
 
 
 def time_weighted_ratio(anchor_seconds: list[float], layers: list[torch.Tensor], num_layers: int) -> float:

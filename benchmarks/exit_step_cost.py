@@ -30,6 +30,7 @@ import torch
 from benchmarks.early_exit_latency import (
     RULES_TIMED,
     encoder_inputs,
+    seconds_of,
     sst2_dev,
     sst2_timing_model,
     with_class_mean_prototypes,
@@ -114,13 +115,6 @@ def step_costs(model, tokenizer, batches, rules: list[str], repeats: int) -> dic
         rule: {key: 1000 * statistics.median(p[key] for p in runs) / len(batches) for key in runs[0]}
         for rule, runs in passes.items()
     }
-
-
-def seconds_of(function: Callable, *args) -> float:
-    """Seconds of one call of `function(*args)`."""
-    started = time.perf_counter()
-    function(*args)
-    return time.perf_counter() - started
 
 
 @torch.inference_mode()

@@ -62,34 +62,32 @@ def recipes_lines(tuned: dict, recipe_runs: dict[str, Run], dev_upto: float | No
     if picks_protocol_de3(recipes):
         picked += f" That is the protocol's own `de3`, whose runs every table above reads: `{DE3_TUNED}` has none."
     upto = dev_upto or min((run.fastest() for run in recipe_runs.values()), default=None)
-    dev = [] if upto is None else [f"dev: full depth / area 1–{upto:.2f}×"]
-
-    def dev_cell(name: str) -> list[str]:
-        if upto is None:
-            return []
-        run = recipe_runs.get(name)
-        return ["—" if run is None else f"{100 * run.full_depth:.1f} / {100 * frontier_area(run.points(), upto):.1f}"]
-
-    lines = [
+    intro = (
         f"The recipes tried on {tuned['task']} seed {tuned['seed']}, each at the learning rate tuned above for the "
         f"method it builds on, and judged as the learning rates were: the {recipes['criterion']} (EDR; ×100); the "
-        "largest is picked.",
-    ]
-    if dev:
-        lines[0] += (
+        "largest is picked."
+    )
+    columns = ["recipe", "configuration", "calibration area"]
+    if upto is not None:
+        intro += (
             " Beside it, the same runs on dev, which the choice did not see (full depth, and the area under dev's "
             "Pareto frontier of EDR; ×100)."
         )
+        columns.append(f"dev: full depth / area 1–{upto:.2f}×")
+    rows = []
+    for name, area in recipes["tried"].items():
+        cells = [name, f"`{recipes['configurations'][name]}`", f"{100 * area:.2f}"]
+        if upto is not None:
+            run = recipe_runs.get(name)
+            cells.append(
+                "—" if run is None else f"{100 * run.full_depth:.1f} / {100 * frontier_area(run.points(), upto):.1f}"
+            )
+        rows.append("| " + " | ".join(cells) + " |")
     return [
-        *lines,
+        intro,
         "",
-        *table_header("recipe", "configuration", "calibration area", *dev, names=2),
-        *(
-            "| "
-            + " | ".join([name, f"`{recipes['configurations'][name]}`", f"{100 * area:.2f}", *dev_cell(name)])
-            + " |"
-            for name, area in recipes["tried"].items()
-        ),
+        *table_header(*columns, names=2),
+        *rows,
         "",
         picked,
         "",
