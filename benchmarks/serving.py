@@ -4,8 +4,8 @@ python -m benchmarks.serving RUN_DIR --output benchmarks/serving.md
 
 RUN_DIR is a trained run's output folder (e.g. from `python run.py experiment=quickstart`): its
 `thresholds.json` names the checkpoint and each rule's recorded parameters. One server per
-variant, each its own `python run.py mode=serve` (or, for the anchor, this script) process
-group on 127.0.0.1 with the same `serve.*` settings:
+variant and `--max-batch-size`, each its own `python run.py mode=serve` (or, for the anchor, this
+script) process group on 127.0.0.1 with the same other `serve.*` settings:
 - `anchor`: `AutoModelForSequenceClassification` with the run's encoder weights at full depth
   (its head is untrained: it measures speed only), behind the same request checks and one
   torch thread per worker, batched as LitServe batches (dynamic batching, `--max-batch-size`
@@ -20,7 +20,10 @@ so it takes no CPU from the one that is. Each of `--rounds` rounds resumes every
 connection, each sending its next request when the last is answered (dev split texts, in turn).
 Throughput is per round (median and min–max over rounds), as is its ratio to the anchor's in
 the same round; latency percentiles pool the rounds; the layer ratio is L·N / Σ exit layer over
-the answers the cell received.
+the answers the cell received. With several `--max-batch-size` values, a second table compares
+each server at its best one with the anchor at its own best (per round, same transport): layer-by-
+layer batching spreads the running samples over the layers, so it may want more of them at once.
+Progress goes to stderr, one line per cell and round.
 """
 
 import argparse
@@ -39,7 +42,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +58,6 @@ from de3.thresholds import never_exits
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 0.9  # issue 31: throughput over the anchor ≥ 0.9 × the layer ratio reached
-FAST_QUEUE = "+fast_queue"  # the name of a server answering over ZeroMQ (serve.fast_queue=true)
 
 
 class AnchorAPI(TextTaskAPI):
@@ -84,11 +86,37 @@ class AnchorAPI(TextTaskAPI):
         return answers if batched else answers[0]
 
 
+@dataclass(frozen=True)
+class ServerSpec:
+    """What a server serves: the `variant` ("anchor", "full", or a target such as "2x"), over
+    LitServe's ZeroMQ answers or not (`fast_queue`), with `max_batch_size`."""
+
+    variant: str
+    fast_queue: bool
+    max_batch_size: int
+
+    @property
+    def anchor(self) -> "ServerSpec":
+        """The anchor this server is compared with: the same transport and batch size."""
+        return replace(self, variant="anchor")
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant}{'+fast_queue' if self.fast_queue else ''}@{self.max_batch_size}"
+
+    def label(self, rule: str) -> str:
+        """The server as the tables name it."""
+        names = {"anchor": "`AutoModelForSequenceClassification` (anchor)", "full": "early exit, no exit (full depth)"}
+        return names.get(self.variant, f"early exit at {self.variant} ({rule})") + (
+            ", fast_queue" if self.fast_queue else ""
+        )
+
+
 @dataclass
 class Server:
-    """One variant's server: its process (the leader of its process group) and port."""
+    """One server: what it serves, its process (the leader of its process group) and port."""
 
-    name: str
+    spec: ServerSpec
     process: subprocess.Popen
     port: int
     log: Path
@@ -116,50 +144,49 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_commands(args: argparse.Namespace, num_layers: int) -> dict[str, list[str]]:
-    """The command of each variant's server (its port is appended)."""
-    serve = [
-        f"serve.max_batch_size={args.max_batch_size}",
-        f"serve.batch_timeout={args.batch_timeout}",
-        f"serve.workers={args.workers}",
-        f"serve.device={args.device}",
+def server_commands(args: argparse.Namespace, num_layers: int) -> dict[ServerSpec, list[str]]:
+    """The command of each server (its port is appended): every variant at every max batch size,
+    over either transport or both (`--fast-queue`)."""
+    transports = {"off": [False], "on": [True], "both": [False, True]}[args.fast_queue]
+    mode_serve = [
+        sys.executable,
+        str(REPO / "run.py"),
+        "mode=serve",
+        f"run_dir={args.run_dir}",
+        f"exit.rule={args.rule}",
     ]
-    if args.max_seq_length:
-        serve.append(f"data.max_seq_length={args.max_seq_length}")
-    mode_serve = [sys.executable, str(REPO / "run.py"), "mode=serve", f"run_dir={args.run_dir}"]
-    mode_serve.append(f"exit.rule={args.rule}")
-    anchor = [sys.executable, "-m", "benchmarks.serving", str(args.run_dir), "--serve-anchor", "--rule", args.rule]
-    anchor += [f"--max-batch-size={args.max_batch_size}", f"--batch-timeout={args.batch_timeout}"]
-    anchor += [f"--workers={args.workers}", f"--device={args.device}"]
-    if args.max_seq_length:
-        anchor.append(f"--max-seq-length={args.max_seq_length}")
-    commands = {"anchor": anchor}
-    if args.full:
-        commands["full"] = [*mode_serve, f"exit.threshold={never_exits(args.rule, num_layers)}", *serve]
-    for target in args.targets:
-        commands[f"{target:g}x"] = [*mode_serve, f"exit.target_speedup={target}", *serve]
-    fast = {
-        f"{name}{FAST_QUEUE}": [*command, "--fast-queue=on" if name == "anchor" else "serve.fast_queue=true"]
-        for name, command in commands.items()
-    }
-    return {"off": commands, "on": fast, "both": {**commands, **fast}}[args.fast_queue]
+    variants = {"full": [f"exit.threshold={never_exits(args.rule, num_layers)}"]} if args.full else {}
+    variants |= {f"{target:g}x": [f"exit.target_speedup={target}"] for target in args.targets}
+    serve_anchor_command = [sys.executable, "-m", "benchmarks.serving", str(args.run_dir), "--serve-anchor"]
+    serve_anchor_command.append(f"--rule={args.rule}")
+    commands = {}
+    for fast_queue in transports:
+        for max_batch_size in args.max_batch_size:
+            shared = {"max_batch_size": max_batch_size, "batch_timeout": args.batch_timeout}
+            shared |= {"workers": args.workers, "device": args.device}
+            anchor = [*serve_anchor_command, *(f"--{key.replace('_', '-')}={value}" for key, value in shared.items())]
+            anchor.append(f"--fast-queue={'on' if fast_queue else 'off'}")
+            shared["fast_queue"] = str(fast_queue).lower()
+            serve = [f"serve.{key}={value}" for key, value in shared.items()]
+            if args.max_seq_length:
+                anchor.append(f"--max-seq-length={args.max_seq_length}")
+                serve.append(f"data.max_seq_length={args.max_seq_length}")
+            commands[ServerSpec("anchor", fast_queue, max_batch_size)] = anchor
+            for variant, exit_setting in variants.items():
+                commands[ServerSpec(variant, fast_queue, max_batch_size)] = [*mode_serve, *exit_setting, *serve]
+    return commands
 
 
-def anchor_of(name: str) -> str:
-    """The anchor a server is compared with: the one answering over the same transport."""
-    return "anchor" + (FAST_QUEUE if name.endswith(FAST_QUEUE) else "")
-
-
-def start_servers(commands: dict[str, list[str]], logs: Path) -> dict[str, Server]:
+def start_servers(commands: dict[ServerSpec, list[str]], logs: Path) -> dict[ServerSpec, Server]:
     servers = {}
-    for name, command in commands.items():
-        port, log = free_port(), logs / f"{name}.log"
-        anchor = name == anchor_of(name)
+    for spec, command in commands.items():
+        port, log = free_port(), logs / f"{spec.name}.log"
+        anchor = spec.variant == "anchor"
         where = [f"--port={port}"] if anchor else [f"serve.port={port}", f"paths.log_dir={logs}"]
         command = [*command, *where]
         with open(log, "w") as out:
             process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        servers[name] = Server(name, process, port, log)
+        servers[spec] = Server(spec, process, port, log)
     for server in servers.values():
         wait_for_health(server)
     return servers
@@ -169,17 +196,19 @@ def wait_for_health(server: Server, limit_s: float = 600) -> None:
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise De3Error(f"server {server.name} exited before it answered /health:\n{server.log.read_text()[-3000:]}")
+            raise De3Error(
+                f"server {server.spec.name} exited before it answered /health:\n{server.log.read_text()[-3000:]}"
+            )
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health", timeout=2) as response:
                 if response.read() == b"ok":
                     return
         except OSError:
             time.sleep(0.5)
-    raise De3Error(f"server {server.name} did not answer /health in {limit_s:.0f} s")
+    raise De3Error(f"server {server.spec.name} did not answer /health in {limit_s:.0f} s")
 
 
-def stop_servers(servers: dict[str, Server]) -> None:
+def stop_servers(servers: dict[ServerSpec, Server]) -> None:
     """SIGTERM, then SIGKILL for whatever is left. Paused groups are resumed first, and given a
     moment: a SIGTERM that is pending when a stopped process resumes can be taken by any of its
     threads, and one taken off the main thread does not interrupt it from waiting."""
@@ -251,54 +280,93 @@ def spread(values: list[float], digits: int) -> str:
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
 
-def measure(args: argparse.Namespace, servers: dict[str, Server], bodies: list[bytes]) -> dict[tuple[str, int], Cell]:
-    cells = {(name, c): Cell() for name in servers for c in args.concurrency}
-    names = list(servers)
+Cells = dict[tuple[ServerSpec, int], Cell]
+
+
+def measure(args: argparse.Namespace, servers: dict[ServerSpec, Server], bodies: list[bytes]) -> Cells:
+    cells = {(spec, c): Cell() for spec in servers for c in args.concurrency}
+    specs = list(servers)
     for server in servers.values():
         server.pause()
     for round_index in range(args.rounds):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            server = servers[name]
+        shift = round_index % len(specs)
+        for spec in specs[shift:] + specs[:shift]:
+            server = servers[spec]
             server.resume()
             load(server.port, bodies, max(args.concurrency), args.warmup)
             for concurrency in args.concurrency:
                 rate, answers, latencies = load(server.port, bodies, concurrency, args.seconds)
-                cell = cells[name, concurrency]
+                cell = cells[spec, concurrency]
                 cell.rates.append(rate)
                 cell.latencies += latencies
                 cell.exit_layers += [answer["exit_layer"] for answer in answers]
                 cell.server_ms += [answer["latency_ms"] for answer in answers if "latency_ms" in answer]
+                print(
+                    f"round {round_index + 1}/{args.rounds}: {spec.name}, concurrency {concurrency}: {rate:.1f} req/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             server.pause()
     return cells
 
 
-def table(args: argparse.Namespace, cells: dict[tuple[str, int], Cell], num_layers: int) -> list[str]:
+def layer_ratio(cell: Cell, num_layers: int) -> float:
+    """L·N / Σ exit layer over the cell's answers."""
+    return num_layers * len(cell.exit_layers) / sum(cell.exit_layers)
+
+
+def goal_column(spec: ServerSpec, realised: float) -> str:
+    return "" if spec.variant == "anchor" else f"{realised:.2f} ({'met' if realised >= GOAL else 'not met'})"
+
+
+def table(args: argparse.Namespace, cells: Cells, num_layers: int) -> list[str]:
+    """Every server at every concurrency, each against the anchor of its transport and batch size."""
     lines = [
-        "| server | concurrency | layer ratio reached | req/s: median (min–max) | ÷ anchor: median (min–max) "
-        f"| ÷ anchor ÷ layer ratio (goal ≥ {GOAL}) | p50 ms | p95 ms | p99 ms | server latency_ms p50 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | max batch size | concurrency | layer ratio reached | req/s: median (min–max) "
+        f"| ÷ anchor: median (min–max) | ÷ anchor ÷ layer ratio (goal ≥ {GOAL}) | p50 ms | p95 ms | p99 ms "
+        "| server latency_ms p50 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    names = {"anchor": "`AutoModelForSequenceClassification` (anchor)", "full": "early exit, no exit (full depth)"}
-    for (name, concurrency), cell in cells.items():
-        ratio = num_layers * len(cell.exit_layers) / sum(cell.exit_layers)
-        anchor = anchor_of(name)
-        over_anchor = [rate / base for rate, base in zip(cell.rates, cells[anchor, concurrency].rates)]
-        realised = statistics.median(over_anchor) / ratio
-        goal = "" if name == anchor else f"{realised:.2f} ({'met' if realised >= GOAL else 'not met'})"
-        base = name.removesuffix(FAST_QUEUE)
-        label = names.get(base, f"early exit at {base} ({args.rule})") + (", fast_queue" if base != name else "")
+    for (spec, concurrency), cell in cells.items():
+        ratio = layer_ratio(cell, num_layers)
+        over_anchor = [rate / base for rate, base in zip(cell.rates, cells[spec.anchor, concurrency].rates)]
         ms = [1000 * percentile(cell.latencies, q) for q in (50, 95, 99)]
         server_ms = f"{statistics.median(cell.server_ms):.1f}" if cell.server_ms else "—"
         lines.append(
-            f"| {label} | {concurrency} | {ratio:.2f} "
-            f"| {spread(cell.rates, 1)} | {spread(over_anchor, 2)} | {goal} "
+            f"| {spec.label(args.rule)} | {spec.max_batch_size} | {concurrency} | {ratio:.2f} "
+            f"| {spread(cell.rates, 1)} | {spread(over_anchor, 2)} "
+            f"| {goal_column(spec, statistics.median(over_anchor) / ratio)} "
             f"| {ms[0]:.1f} | {ms[1]:.1f} | {ms[2]:.1f} | {server_ms} |"
         )
     return lines
 
 
-def report(args: argparse.Namespace, cells, predictor: EarlyExitPredictor, loads: tuple[float, float]) -> str:
+def best_batch_size_table(args: argparse.Namespace, cells: Cells, num_layers: int) -> list[str]:
+    """Each server at the max batch size with its highest median req/s, per concurrency and
+    transport, against the anchor at its own best (round by round)."""
+    best: dict[tuple[ServerSpec, int], ServerSpec] = {}  # (spec at the first batch size, concurrency) → best spec
+    for (spec, concurrency), cell in cells.items():
+        key = (replace(spec, max_batch_size=args.max_batch_size[0]), concurrency)
+        if key not in best or statistics.median(cell.rates) > statistics.median(cells[best[key], concurrency].rates):
+            best[key] = spec
+    lines = [
+        "| server | concurrency | best max batch size | layer ratio reached | req/s: median (min–max) "
+        f"| ÷ anchor at its best: median (min–max) | ÷ anchor ÷ layer ratio (goal ≥ {GOAL}) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (first, concurrency), spec in best.items():
+        cell, anchor = cells[spec, concurrency], cells[best[first.anchor, concurrency], concurrency]
+        ratio = layer_ratio(cell, num_layers)
+        over_anchor = [rate / base for rate, base in zip(cell.rates, anchor.rates)]
+        lines.append(
+            f"| {spec.label(args.rule)} | {concurrency} | {spec.max_batch_size} | {ratio:.2f} "
+            f"| {spread(cell.rates, 1)} | {spread(over_anchor, 2)} "
+            f"| {goal_column(spec, statistics.median(over_anchor) / ratio)} |"
+        )
+    return lines
+
+
+def report(args: argparse.Namespace, cells: Cells, predictor: EarlyExitPredictor, loads: tuple[float, float]) -> str:
     num_layers = predictor.model.num_layers
     backbone = predictor.model.backbone.config.name_or_path or "?"
     command = " ".join(["python -m benchmarks.serving", *sys.argv[1:]])
@@ -311,7 +379,8 @@ def report(args: argparse.Namespace, cells, predictor: EarlyExitPredictor, loads
         f"- Date: {datetime.date.today().isoformat()}",
         f"- Run: `{args.run_dir}` ({predictor.task.name}, {backbone}, {num_layers} layers), rule `{args.rule}`; "
         f"dev-split texts, max {predictor.max_seq_length} tokens.",
-        f"- Serving: one server per row group, each `serve.max_batch_size={args.max_batch_size}`, "
+        "- Serving: one server per row group and max batch size "
+        f"(`serve.max_batch_size` {', '.join(map(str, args.max_batch_size))}), each "
         f"`serve.batch_timeout={args.batch_timeout}`, `serve.workers={args.workers}`, one torch thread per worker, "
         f"device {args.device}, `serve.fast_queue` {args.fast_queue} (both: each server over either transport, "
         "compared with the anchor over the same); the others stopped (SIGSTOP) while one is measured.",
@@ -325,13 +394,21 @@ def report(args: argparse.Namespace, cells, predictor: EarlyExitPredictor, loads
         *table(args, cells, num_layers),
         "",
     ]
+    if len(args.max_batch_size) > 1:
+        lines += [
+            "Each server at the max batch size it served best at (highest median req/s), against the anchor at "
+            "the anchor's best, round by round:",
+            "",
+            *best_batch_size_table(args, cells, num_layers),
+            "",
+        ]
     return "\n".join(lines)
 
 
 def serve_anchor(args: argparse.Namespace) -> None:
     """The anchor's server process."""
     predictor = EarlyExitPredictor.from_run(args.run_dir, args.rule, threshold=1, **_seq(args))
-    api = AnchorAPI(predictor, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
+    api = AnchorAPI(predictor, max_batch_size=args.max_batch_size[0], batch_timeout=args.batch_timeout)
     server = build_server(api, workers=args.workers, device=args.device, fast_queue=args.fast_queue == "on")
     run_until_stopped(server, "127.0.0.1", args.port, log_level="warning")
 
@@ -350,7 +427,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30, help="per cell and round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=float, default=3, help="seconds per server and round, not measured")
-    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument(
+        "--max-batch-size", type=int, nargs="+", default=[8], help="one server per value, for every variant"
+    )
     parser.add_argument("--batch-timeout", type=float, default=0.01)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="cpu")
@@ -388,19 +467,21 @@ def main() -> None:
         args.output.with_suffix(".json").write_text(json.dumps(raw_cells(cells), indent=1) + "\n", encoding="utf-8")
 
 
-def raw_cells(cells: dict[tuple[str, int], Cell]) -> list[dict]:
+def raw_cells(cells: Cells) -> list[dict]:
     """What the table is made from, per cell: every round's requests/s, how many answers left at
     each layer, and the client-side latency percentiles (seconds) pooled over rounds."""
     return [
         {
-            "server": name,
+            "server": spec.variant,
+            "fast_queue": spec.fast_queue,
+            "max_batch_size": spec.max_batch_size,
             "concurrency": concurrency,
             "rates": cell.rates,
             "exit_layers": {str(layer): cell.exit_layers.count(layer) for layer in sorted(set(cell.exit_layers))},
             "latency_s": {f"p{q}": percentile(cell.latencies, q) for q in (50, 95, 99)},
             "server_ms_p50": statistics.median(cell.server_ms) if cell.server_ms else None,
         }
-        for (name, concurrency), cell in cells.items()
+        for (spec, concurrency), cell in cells.items()
     ]
 
 
