@@ -42,6 +42,7 @@ from de3.models.multi_exit import MultiExitModel
 from de3.predictor import EarlyExitPredictor
 from de3.thresholds import never_exits
 
+BATCH_SIZES = [1, 2, 4, 8, 16, 32]
 STEPS = ("backbone layers", "exit heads", "prototype mapping", "prototype distances", "rule indicator")
 
 
@@ -142,6 +143,27 @@ def weights_out_of_cache(model: MultiExitModel, batch: dict, repeats: int) -> di
     return {step: (1e6 * statistics.median(a), 1e6 * statistics.median(b)) for step, (a, b) in timings.items()}
 
 
+@torch.inference_mode()
+def layer_cost_by_batch_size(model: MultiExitModel, batch: dict, sizes: list[int], repeats: int) -> dict[int, float]:
+    """A backbone layer's time on `batch` (one sample) copied n times, for each n in `sizes`: µs
+    per layer step, the median over `repeats` passes of every layer. Layer-by-layer batching runs
+    a step per occupied layer, so its cohorts are smaller than a full-depth server's batches."""
+    backbone = model.backbone
+    per_step = {}
+    for n in sizes:
+        copies = {key: value.expand(n, -1) for key, value in batch.items()}
+        hidden = backbone.embed(copies["input_ids"], copies["attention_mask"], copies.get("token_type_ids"))
+        inputs = backbone.layer_inputs(hidden, copies["attention_mask"])
+
+        def every_layer(hidden=hidden, inputs=inputs):
+            for m in range(model.num_layers):
+                backbone.layer(m, hidden, inputs)
+
+        every_layer()
+        per_step[n] = 1e6 * statistics.median(seconds_of(every_layer) for _ in range(repeats)) / model.num_layers
+    return per_step
+
+
 def table(costs: dict[str, dict[str, float]]) -> list[str]:
     """Markdown: a row per rule, a column per step (ms per sample), and the rule's extra time over
     the first rule's pass."""
@@ -192,6 +214,21 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for step, (after_layer, again) in fetch.items():
         print(f"| {step} | {after_layer:.1f} | {again:.1f} | {after_layer - again:+.1f} |")
+    sample = batches[len(batches) // 2]
+    print(
+        f"\nA backbone layer's step by batch size: sample {len(batches) // 2} ({sample['input_ids'].shape[1]} tokens) "
+        f"copied n times; µs per layer step and per sample in it (median of {args.repeats} passes over the layers), "
+        f"at {args.threads} thread(s) and at one, as `mode=serve` runs by default.\n"
+    )
+    threads = list(dict.fromkeys([args.threads, 1]))
+    steps = {}
+    for count in threads:
+        torch.set_num_threads(count)
+        steps[count] = layer_cost_by_batch_size(model, sample, BATCH_SIZES, args.repeats)
+    print("| n | " + " | ".join(f"{t} thread(s): step | per sample" for t in threads) + " |")
+    print("|---:|" + "---:|---:|" * len(threads))
+    for n in BATCH_SIZES:
+        print(f"| {n} | " + " | ".join(f"{steps[t][n]:.0f} | {steps[t][n] / n:.0f}" for t in threads) + " |")
 
 
 if __name__ == "__main__":

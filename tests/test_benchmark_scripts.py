@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks import exit_step_cost
 from benchmarks.early_exit_latency import RULES_TIMED, sst2_timing_model, time_weighted_ratio
-from benchmarks.exit_step_cost import STEPS, sst2_one_at_a_time, step_costs, table
+from benchmarks.exit_step_cost import STEPS, layer_cost_by_batch_size, sst2_one_at_a_time, step_costs, table
 from benchmarks.glue_tradeoff import run as driver
 from de3.flops import layer_speedup
 from de3.models.backbone import load_encoder, load_tokenizer
@@ -97,6 +98,25 @@ def test_step_costs_split_each_rules_pass_into_its_steps_and_put_the_functions_b
     assert len(table(costs)) == 2 + len(RULES_TIMED)
     # the clocks are gone: the model calls its own methods again
     assert "layer" not in vars(model.backbone) and "map_layer" not in vars(model.prototypes)
+
+
+def test_layer_cost_by_batch_size_runs_every_layer_on_n_copies(glue_dir, monkeypatch):
+    tokenizer, encoder = tiny_encoder()
+    model = sst2_timing_model(encoder)
+    sample = sst2_one_at_a_time(model, tokenizer, str(glue_dir), samples=2)[1]
+    sizes_seen = []
+    monkeypatch.setattr(model.backbone, "layer", lambda m, hidden, inputs: sizes_seen.append(hidden.shape[0]))
+
+    def clock(run):  # a step of n samples "takes" 100 + 20·n µs
+        sizes_seen.clear()
+        run()
+        assert len(sizes_seen) == model.num_layers and len(set(sizes_seen)) == 1
+        return 1e-6 * (100 + 20 * sizes_seen[0]) * model.num_layers
+
+    monkeypatch.setattr(exit_step_cost, "seconds_of", clock)
+    assert layer_cost_by_batch_size(model, sample, [1, 2, 8], repeats=3) == pytest.approx({1: 120, 2: 140, 8: 260})
+    monkeypatch.undo()
+    assert layer_cost_by_batch_size(model, sample, [1, 4], repeats=1).keys() == {1, 4}  # really timed
 
 
 TINY_BUDGET = ("backbone=tiny_bert", "backbone.config_overrides.num_hidden_layers=3", "debug=fast", "logger=csv")
