@@ -149,7 +149,8 @@ def variants(
 
 
 def time_rounds(timed: dict, batches: list[dict], rounds: int, device: torch.device) -> dict[str, list[float]]:
-    """Seconds of one pass over `batches` per variant and round; the order rotates each round."""
+    """Seconds of one pass over `batches` per variant and round; the order rotates each round.
+    A line on stderr per round."""
     names = list(timed)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     for fn, _ in timed.values():  # warm-up: allocator, kernels, caches
@@ -165,6 +166,8 @@ def time_rounds(timed: dict, batches: list[dict], rounds: int, device: torch.dev
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds[name].append(time.perf_counter() - started)
+        took = sum(seconds[name][-1] for name in names)
+        print(f"round {r + 1}/{rounds}: {len(names)} variants × {len(batches)} batches, {took:.1f} s", file=sys.stderr)
     return seconds
 
 

@@ -18,6 +18,7 @@ import argparse
 import datetime
 import os
 import statistics
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -103,7 +104,8 @@ def step_costs(model, tokenizer, batches, rules: list[str], repeats: int) -> dic
     }
     passes: dict[str, list[dict[str, float]]] = {rule: [] for rule in rules}
     with clock_the_steps(model, list(predictors.values())) as clock:
-        for _ in range(repeats):
+        for repeat in range(repeats):
+            print(f"pass {repeat + 1}/{repeats} of {len(rules)} rules over {len(batches)} batches", file=sys.stderr)
             for rule, predictor in predictors.items():
                 clock.seconds.clear()
                 started = time.perf_counter()
