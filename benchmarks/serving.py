@@ -344,9 +344,9 @@ def table(args: argparse.Namespace, cells: Cells, num_layers: int) -> list[str]:
 def best_batch_size_table(args: argparse.Namespace, cells: Cells, num_layers: int) -> list[str]:
     """Each server at the max batch size with its highest median req/s, per concurrency and
     transport, against the anchor at its own best (round by round)."""
-    best: dict[tuple[ServerSpec, int], ServerSpec] = {}  # (spec at the first batch size, concurrency) → best spec
+    best: dict[tuple[str, bool, int], ServerSpec] = {}  # (variant, fast_queue, concurrency) → its best server
     for (spec, concurrency), cell in cells.items():
-        key = (replace(spec, max_batch_size=args.max_batch_size[0]), concurrency)
+        key = (spec.variant, spec.fast_queue, concurrency)
         if key not in best or statistics.median(cell.rates) > statistics.median(cells[best[key], concurrency].rates):
             best[key] = spec
     lines = [
@@ -354,8 +354,8 @@ def best_batch_size_table(args: argparse.Namespace, cells: Cells, num_layers: in
         f"| ÷ anchor at its best: median (min–max) | ÷ anchor ÷ layer ratio (goal ≥ {GOAL}) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for (first, concurrency), spec in best.items():
-        cell, anchor = cells[spec, concurrency], cells[best[first.anchor, concurrency], concurrency]
+    for (_, fast_queue, concurrency), spec in best.items():
+        cell, anchor = cells[spec, concurrency], cells[best["anchor", fast_queue, concurrency], concurrency]
         ratio = layer_ratio(cell, num_layers)
         over_anchor = [rate / base for rate, base in zip(cell.rates, anchor.rates)]
         lines.append(
