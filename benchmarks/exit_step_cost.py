@@ -27,6 +27,7 @@ from dataclasses import replace
 from unittest.mock import patch
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.early_exit_latency import (
     RULES_TIMED,
@@ -93,15 +94,20 @@ def sst2_one_at_a_time(model: MultiExitModel, tokenizer, glue_dir: str, samples:
     return encoder_inputs(loader)
 
 
+def never_exiting_predictors(model: MultiExitModel, tokenizer, rules: list[str]) -> dict[str, EarlyExitPredictor]:
+    """Per rule, an SST-2 predictor on `model` at a threshold no sample passes (every layer runs)."""
+    task, layers = GLUE_TASKS["sst2"], model.num_layers
+    return {
+        rule: EarlyExitPredictor(model, tokenizer, task, rule, never_exits(rule, layers), RULES_TIMED[rule])
+        for rule in rules
+    }
+
+
 def step_costs(model, tokenizer, batches, rules: list[str], repeats: int) -> dict[str, dict[str, float]]:
     """Per rule: milliseconds per batch of each step and of the whole pass ("total"), each the
     median over `repeats` passes on its own (so with more than one pass the steps need not add up
     to the total exactly), the rules taking turns within each pass."""
-    task = GLUE_TASKS["sst2"]
-    predictors = {
-        rule: EarlyExitPredictor(model, tokenizer, task, rule, never_exits(rule, model.num_layers), RULES_TIMED[rule])
-        for rule in rules
-    }
+    predictors = never_exiting_predictors(model, tokenizer, rules)
     passes: dict[str, list[dict[str, float]]] = {rule: [] for rule in rules}
     with clock_the_steps(model, list(predictors.values())) as clock:
         for repeat in range(repeats):
@@ -166,6 +172,32 @@ def layer_cost_by_batch_size(model: MultiExitModel, batch: dict, sizes: list[int
     return per_step
 
 
+class OperationCounter(TorchDispatchMode):
+    """While active, counts the tensor operations that compute (views excluded): on a GPU each
+    is about one kernel launch, the cost that dominates a layer at batch 1 there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+@torch.inference_mode()
+def operations_per_layer(predictor: EarlyExitPredictor, batch: dict) -> tuple[int, int]:
+    """(operations of one backbone layer, operations of one early-exit step around it: exit
+    head, the rule's step, the decision), counted on the second layer (the rule has a state)."""
+    model, running = predictor.model, predictor.start(**batch)
+    predictor.advance(running)
+    with OperationCounter() as layer:
+        model.backbone.layer(running.layer, running.hidden, running.layer_inputs)
+    with OperationCounter() as step:
+        predictor.advance(running)
+    return layer.count, step.count - layer.count
+
+
 def table(costs: dict[str, dict[str, float]]) -> list[str]:
     """Markdown: a row per rule, a column per step (ms per sample), and the rule's extra time over
     the first rule's pass."""
@@ -206,6 +238,16 @@ def main() -> None:
         f"{args.repeats} passes over the first {args.samples} SST-2 dev sentences.\n"
     )
     print("\n".join(table(costs)))
+    print(
+        "\nOperations per layer (tensor operations that compute, views excluded; on a GPU about one kernel launch "
+        "each), batch 1, on the second layer: a backbone layer, and what early exit adds to it (exit head, the "
+        "rule's step, the decision).\n"
+    )
+    print("| exit rule | backbone layer | early exit's step | step ÷ layer |")
+    print("|---|---:|---:|---:|")
+    for rule, predictor in never_exiting_predictors(model, tokenizer, list(RULES_TIMED)).items():
+        layer, step = operations_per_layer(predictor, batches[0])
+        print(f"| {rule} | {layer} | {step} | {step / layer:.2f} |")
     fetch = weights_out_of_cache(model, batches[len(batches) // 2], args.repeats * 20)
     print(
         "\nThe steps with weights of their own, µs per call at batch 1 (median over internal layers and "

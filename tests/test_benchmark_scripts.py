@@ -14,7 +14,16 @@ import torch
 
 from benchmarks import exit_step_cost
 from benchmarks.early_exit_latency import RULES_TIMED, sst2_timing_model, time_weighted_ratio
-from benchmarks.exit_step_cost import STEPS, layer_cost_by_batch_size, sst2_one_at_a_time, step_costs, table
+from benchmarks.exit_step_cost import (
+    STEPS,
+    OperationCounter,
+    layer_cost_by_batch_size,
+    never_exiting_predictors,
+    operations_per_layer,
+    sst2_one_at_a_time,
+    step_costs,
+    table,
+)
 from benchmarks.glue_tradeoff import run as driver
 from de3.flops import layer_speedup
 from de3.models.backbone import load_encoder, load_tokenizer
@@ -117,6 +126,20 @@ def test_layer_cost_by_batch_size_runs_every_layer_on_n_copies(glue_dir, monkeyp
     assert layer_cost_by_batch_size(model, sample, [1, 2, 8], repeats=3) == pytest.approx({1: 120, 2: 140, 8: 260})
     monkeypatch.undo()
     assert layer_cost_by_batch_size(model, sample, [1, 4], repeats=1).keys() == {1, 4}  # really timed
+
+
+def test_operations_per_layer_counts_what_computes_in_a_layer_and_in_each_rules_step(glue_dir):
+    tokenizer, encoder = tiny_encoder()
+    model = sst2_timing_model(encoder)
+    batch = sst2_one_at_a_time(model, tokenizer, str(glue_dir), samples=2)[0]
+    with OperationCounter() as views_only:
+        torch.ones(2, 3).view(3, 2).t().unsqueeze(0)  # one operation (ones), three views
+    assert views_only.count == 1
+    predictors = never_exiting_predictors(model, tokenizer, ["entropy", "edr"])
+    counts = {rule: operations_per_layer(predictor, batch) for rule, predictor in predictors.items()}
+    assert counts["entropy"][0] == counts["edr"][0] > 0  # the same backbone layer
+    # EDR's step is the entropy's and more: the prototype mapping and distances, the distance ratio
+    assert 0 < counts["entropy"][1] < counts["edr"][1]
 
 
 TINY_BUDGET = ("backbone=tiny_bert", "backbone.config_overrides.num_hidden_layers=3", "debug=fast", "logger=csv")
