@@ -1,6 +1,6 @@
 """Where real early exit spends its time per sample, step by step, for each timed exit rule.
 
-python -m benchmarks.exit_step_cost >> benchmarks/early_exit_latency.md
+python -m benchmarks.exit_step_cost > benchmarks/latency/step_cost.md
 
 `early_exit_latency` measures how far each rule's latency falls short of its speed-up ratio; this
 says which step the shortfall is in. Every sample runs every layer (a threshold no indicator goes
@@ -10,6 +10,11 @@ the exit heads, the prototype mapping and distances (EDR), the rule's step (its 
 a clock; "the rest" is the loop itself (the exit decision, bookkeeping). Model and
 inputs as in `early_exit_latency`: MiniLM, untrained exit heads and mappings, class-mean prototypes,
 the first `--samples` SST-2 dev sentences.
+
+Three tables follow: how many tensor operations a backbone layer and each rule's step run (what
+a GPU launches one by one unless the step is captured), what the exit head and EDR's mapping pay
+to fetch their weights after a layer, and a layer step's time by batch size (what layer-by-layer
+serving pays for small cohorts).
 """
 
 from __future__ import annotations
