@@ -45,6 +45,7 @@ from benchmarks.early_exit_latency import (
 from benchmarks.per_exit_table import machine
 from de3.data.tasks import GLUE_TASKS
 from de3.models.backbone import load_encoder, load_tokenizer
+from de3.models.encoder_families import LayerInputs
 from de3.models.multi_exit import MultiExitModel
 from de3.predictor import EarlyExitPredictor
 from de3.thresholds import never_exits
@@ -131,6 +132,12 @@ def step_costs(model, tokenizer, batches, rules: list[str], repeats: int) -> dic
     }
 
 
+def embedded(model: MultiExitModel, batch: dict) -> tuple[torch.Tensor, LayerInputs]:
+    """A tokenized batch's embedding output [B, T, H] and what the layers take besides it."""
+    hidden = model.backbone.embed(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+    return hidden, model.backbone.layer_inputs(hidden, batch["attention_mask"])
+
+
 @torch.inference_mode()
 def weights_out_of_cache(model: MultiExitModel, batch: dict, repeats: int) -> dict[str, tuple[float, float]]:
     """The steps that read weights of their own (the exit head; EDR's prototype mapping), each in
@@ -138,8 +145,7 @@ def weights_out_of_cache(model: MultiExitModel, batch: dict, repeats: int) -> di
     through the caches — and run again at once, with its weights in cache: medians over the
     internal layers and `repeats`. The difference is the cost of fetching those weights."""
     backbone, prototypes = model.backbone, model.prototypes
-    hidden = backbone.embed(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-    inputs = backbone.layer_inputs(hidden, batch["attention_mask"])
+    hidden, inputs = embedded(model, batch)
     steps = {
         "exit head": lambda m, pooled: model.exits[m](pooled),
         "prototype mapping": lambda m, pooled: prototypes.map_layer(m, pooled),
@@ -164,9 +170,7 @@ def layer_cost_by_batch_size(model: MultiExitModel, batch: dict, sizes: list[int
     backbone = model.backbone
     per_step = {}
     for n in sizes:
-        copies = {key: value.expand(n, -1) for key, value in batch.items()}
-        hidden = backbone.embed(copies["input_ids"], copies["attention_mask"], copies.get("token_type_ids"))
-        inputs = backbone.layer_inputs(hidden, copies["attention_mask"])
+        hidden, inputs = embedded(model, {key: value.expand(n, -1) for key, value in batch.items()})
 
         def every_layer(hidden=hidden, inputs=inputs):
             for m in range(model.num_layers):

@@ -52,6 +52,7 @@ from transformers import AutoModelForSequenceClassification
 from benchmarks.per_exit_table import machine
 from de3.data.sources import load_split
 from de3.errors import De3Error
+from de3.flops import layer_speedup
 from de3.predictor import EarlyExitPredictor
 from de3.serving import TextTaskAPI, build_server, run_until_stopped
 from de3.thresholds import never_exits
@@ -310,11 +311,6 @@ def measure(args: argparse.Namespace, servers: dict[ServerSpec, Server], bodies:
     return cells
 
 
-def layer_ratio(cell: Cell, num_layers: int) -> float:
-    """L·N / Σ exit layer over the cell's answers."""
-    return num_layers * len(cell.exit_layers) / sum(cell.exit_layers)
-
-
 def goal_column(spec: ServerSpec, realised: float) -> str:
     return "" if spec.variant == "anchor" else f"{realised:.2f} ({'met' if realised >= GOAL else 'not met'})"
 
@@ -328,7 +324,7 @@ def table(args: argparse.Namespace, cells: Cells, num_layers: int) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (spec, concurrency), cell in cells.items():
-        ratio = layer_ratio(cell, num_layers)
+        ratio = layer_speedup(torch.tensor(cell.exit_layers), num_layers)
         over_anchor = [rate / base for rate, base in zip(cell.rates, cells[spec.anchor, concurrency].rates)]
         ms = [1000 * percentile(cell.latencies, q) for q in (50, 95, 99)]
         server_ms = f"{statistics.median(cell.server_ms):.1f}" if cell.server_ms else "—"
@@ -356,7 +352,7 @@ def best_batch_size_table(args: argparse.Namespace, cells: Cells, num_layers: in
     ]
     for (_, fast_queue, concurrency), spec in best.items():
         cell, anchor = cells[spec, concurrency], cells[best["anchor", fast_queue, concurrency], concurrency]
-        ratio = layer_ratio(cell, num_layers)
+        ratio = layer_speedup(torch.tensor(cell.exit_layers), num_layers)
         over_anchor = [rate / base for rate, base in zip(cell.rates, anchor.rates)]
         lines.append(
             f"| {spec.label(args.rule)} | {concurrency} | {spec.max_batch_size} | {ratio:.2f} "
